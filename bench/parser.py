@@ -1,0 +1,149 @@
+"""Micro-benchmark of the SIP message parser and serializer (pbxd.sip.message).
+
+Run from the repository root (no arguments needed; it takes about 15 s):
+
+    python bench/parser.py            # the table
+    python bench/parser.py --quick    # fewer repeats, for a smoke run
+
+For each message it prints parse and serialize times in microseconds (min and
+median over the repeats, each repeat timing many calls with ``timeit``) and
+the messages per second the medians allow.
+
+Two parse columns, because parsed URIs and addresses are cached:
+
+- warm: the same datagram parsed again and again, as with retransmissions and
+  the requests and responses of one dialog, which repeat From, To, Contact and
+  the Request-URI;
+- cold: every message has its own Call-ID, tags, branch and user names, more
+  of them than the caches hold, so every URI and address is parsed afresh.
+
+Serialize is ``Message.to_bytes()`` of a parsed message.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import timeit
+from typing import Callable
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+from pbxd.sip.headers import ADDRESS_CACHE_SIZE  # noqa: E402
+from pbxd.sip.message import parse_message  # noqa: E402
+from pbxd.sip.uri import URI_CACHE_SIZE  # noqa: E402
+
+SDP = (
+    "v=0\r\n"
+    "o=alice 2890844526 2890844526 IN IP4 192.0.2.101\r\n"
+    "s=-\r\n"
+    "c=IN IP4 192.0.2.101\r\n"
+    "t=0 0\r\n"
+    "m=audio 49172 RTP/AVP 0 8 101\r\n"
+    "a=rtpmap:101 telephone-event/8000\r\n"
+)
+
+INVITE = (
+    "INVITE sip:bob{n}@biloxi.example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 192.0.2.101:5060;branch=z9hG4bK776asd{n};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "To: Bob <sip:bob{n}@biloxi.example.com>\r\n"
+    "From: Alice <sip:alice{n}@atlanta.example.com>;tag=1928301774{n}\r\n"
+    "Call-ID: a84b4c76e66710{n}@192.0.2.101\r\n"
+    "CSeq: 314159 INVITE\r\n"
+    "Contact: <sip:alice{n}@192.0.2.101:5060>\r\n"
+    "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n"
+    "Content-Type: application/sdp\r\n"
+    f"Content-Length: {len(SDP)}\r\n"
+    "\r\n" + SDP
+)
+
+OK_200 = (
+    "SIP/2.0 200 OK\r\n"
+    "Via: SIP/2.0/UDP 192.0.2.101:5060;branch=z9hG4bK776asd{n};rport=5060;received=192.0.2.101\r\n"
+    "Record-Route: <sip:192.0.2.1;lr>\r\n"
+    "To: Bob <sip:bob{n}@biloxi.example.com>;tag=a6c85cf{n}\r\n"
+    "From: Alice <sip:alice{n}@atlanta.example.com>;tag=1928301774{n}\r\n"
+    "Call-ID: a84b4c76e66710{n}@192.0.2.101\r\n"
+    "CSeq: 314159 INVITE\r\n"
+    "Contact: <sip:bob{n}@192.0.2.4>\r\n"
+    "Content-Type: application/sdp\r\n"
+    f"Content-Length: {len(SDP)}\r\n"
+    "\r\n" + SDP
+)
+
+REGISTER = (
+    "REGISTER sip:registrar.biloxi.example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bKnashds{n};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "To: Bob <sip:bob{n}@biloxi.example.com>\r\n"
+    "From: Bob <sip:bob{n}@biloxi.example.com>;tag=456248{n}\r\n"
+    "Call-ID: 843817637684230{n}@998sdasdh09\r\n"
+    "CSeq: 1826 REGISTER\r\n"
+    "Contact: <sip:bob{n}@192.0.2.4:5060;transport=udp>;expires=3600\r\n"
+    "Expires: 7200\r\n"
+    "Content-Length: 0\r\n"
+    "\r\n"
+)
+
+OPTIONS = (
+    "OPTIONS sip:pbx.example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKping{n}\r\n"
+    "Max-Forwards: 70\r\n"
+    "To: <sip:pbx.example.com>\r\n"
+    "From: <sip:monitor{n}@example.com>;tag=ping{n}\r\n"
+    "Call-ID: ping{n}@192.0.2.7\r\n"
+    "CSeq: 1 OPTIONS\r\n"
+    "Content-Length: 0\r\n"
+    "\r\n"
+)
+
+MESSAGES = {"INVITE": INVITE, "200 OK": OK_200, "REGISTER": REGISTER, "OPTIONS": OPTIONS}
+
+
+def time_per_call(call: Callable[[], object], number: int, repeat: int) -> tuple[float, float]:
+    """(min, median) microseconds per call."""
+    runs = timeit.repeat(call, number=number, repeat=repeat)
+    per_call = [run / number * 1e6 for run in runs]
+    return min(per_call), statistics.median(per_call)
+
+
+def time_cold(datagrams: list[bytes], repeat: int) -> tuple[float, float]:
+    """(min, median) microseconds per parse, each datagram parsed once per run."""
+
+    def parse_all() -> None:
+        for data in datagrams:
+            parse_message(data)
+
+    runs = timeit.repeat(parse_all, number=1, repeat=repeat)
+    per_call = [run / len(datagrams) * 1e6 for run in runs]
+    return min(per_call), statistics.median(per_call)
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv[1:]
+    number, repeat = (2000, 3) if quick else (20000, 7)
+    # More distinct messages than the caches hold, so that none stays cached.
+    distinct = 2 * max(URI_CACHE_SIZE, ADDRESS_CACHE_SIZE) + 1
+    print(
+        f"{'message':<9} {'bytes':>5}  {'parse warm min/med':>19}  {'parse cold min/med':>19}"
+        f"  {'serialize min/med':>18}  {'msgs/s parse warm/cold':>22}  {'msgs/s serialize':>16}"
+    )
+    for name, template in MESSAGES.items():
+        data = template.format(n="").encode()
+        message = parse_message(data)
+        warm = time_per_call(lambda: parse_message(data), number, repeat)
+        datagrams = [template.format(n=i).encode() for i in range(distinct)]
+        cold = time_cold(datagrams, max(3, repeat // 2))
+        serialize = time_per_call(message.to_bytes, number, repeat)
+        print(
+            f"{name:<9} {len(data):>5}  {warm[0]:>8.1f} /{warm[1]:>6.1f} µs"
+            f"  {cold[0]:>8.1f} /{cold[1]:>6.1f} µs"
+            f"  {serialize[0]:>7.1f} /{serialize[1]:>5.1f} µs"
+            f"  {1e6 / warm[1]:>10,.0f} /{1e6 / cold[1]:>9,.0f}  {1e6 / serialize[1]:>16,.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,558 @@
+"""pbxd's load benchmarks: sipp drives a real ``twistd -n pbxd`` on loopback at stepped rates.
+
+    python bench/run.py register|calls|all [--target HOST:PORT] [--duration S]
+                        [--rates R1,R2,...] [--transport udp|tcp] [--json FILE]
+
+``register``: authenticated registrations (REGISTER, 401, REGISTER with digest
+credentials, 200) per second, extensions 1000-1998 in turn.
+``calls``: calls per second through the B2BUA (INVITE, 407, ACK, INVITE with
+credentials, 180, 200, ACK, BYE, 200; no media) from a sipp UAC to a sipp UAS
+registered as extension 1999.
+
+pbxd starts as ``twistd -n pbxd -c bench/configs/bench.yml`` with a fresh data
+directory per benchmark (``--target`` runs the same load against another SIP
+server instead, which must know the same extensions and passwords, and then
+pbxd's CPU and memory are not measured). With two or more CPUs pbxd runs on
+CPU 0 and sipp on CPU 1 (``taskset``), so that the load generator does not take
+pbxd's core.
+
+Each step runs sipp at one offered rate (``-r``) for ``--duration`` seconds
+(``-m`` = rate x duration calls). A step passes with no failed call,
+retransmissions under 0.1% of the requests sent (RFC 7501/7502 style) and at
+least 95% of the offered rate achieved (over TCP sipp does not retransmit); the
+stepping stops after the first step that fails. Per step the table shows: the
+rate offered, the rate achieved (successful calls per second of sipp's elapsed
+time), failed calls, retransmissions in % of requests, pbxd's CPU (user+system
+over wall time, from /proc/PID/stat; 100% is one core), pbxd's RSS at the end of
+the step, and response-time percentiles (p50/p99, ms) from sipp's ``-trace_rtt``
+samples. The highest passing rate is the result. Everything is written as JSON
+to ``bench/results/<benchmark>-<timestamp>.json`` too (or ``--json FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+SCENARIOS = BENCH / "scenarios"
+CONFIG = BENCH / "configs" / "bench.yml"
+RESULTS = BENCH / "results"
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# bench.yml's extensions: 1000-1998 call and register, 1999 answers.
+CALLERS = [str(number) for number in range(1000, 1999)]
+CALLEE = "1999"
+DOMAIN = "bench.test"
+
+# A step passes with no failed call, fewer retransmissions than this (% of requests),
+# and the offered rate carried: over TCP sipp never retransmits, so a server that
+# falls behind shows only as a lower achieved rate.
+MAX_RETRANSMISSION_PCT = 0.1
+MIN_ACHIEVED_RATIO = 0.95
+
+DEFAULT_RATES = {
+    "register": [100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 6000],
+    "calls": [25, 50, 100, 150, 200, 300, 400, 500, 600],
+}
+SIPP_TRANSPORT = {"udp": "u1", "tcp": "t1"}
+
+
+def password(number: str) -> str:
+    return f"bench-{number}"
+
+
+@attrs.frozen
+class Step:
+    """One offered rate and what came of it."""
+
+    benchmark: str
+    transport: str
+    offered: int
+    calls: int
+    successful: int
+    failed: int
+    achieved: float
+    requests: int
+    retransmissions: int
+    elapsed: float
+    pbxd_cpu_pct: float | None
+    # Time pbxd was runnable but waited for a CPU, % of wall time: when it is high, the
+    # machine was busy with other work and the step says little about pbxd.
+    pbxd_wait_pct: float | None
+    pbxd_rss_mb: float | None
+    # Response time number (as in the scenario) -> {"p50": ms, "p90": ms, "p99": ms, "samples": n}
+    latency_ms: dict[str, dict[str, float]]
+    sipp_exit: int
+
+    @property
+    def retransmission_pct(self) -> float:
+        return 100.0 * self.retransmissions / self.requests if self.requests else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (self.failed == 0 and self.successful == self.calls
+                and self.retransmission_pct < MAX_RETRANSMISSION_PCT
+                and self.achieved >= MIN_ACHIEVED_RATIO * self.offered)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "retransmission_pct": self.retransmission_pct,
+                "passed": self.passed}
+
+
+# -- the machine and the processes -----------------------------------------------------------
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pinned(cpu: int) -> list[str]:
+    """The taskset prefix that runs a command on ``cpu``, when there are two CPUs to split."""
+    if cpu_count() >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+def cpu_seconds(pid: int) -> float:
+    # Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """How long pbxd's threads were ready to run but waited for a CPU (schedstat, field 2)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile, or no schedstat in this kernel
+    return total / 1e9
+
+
+def rss_mb(pid: int) -> float:
+    resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return resident * PAGE / 2**20
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    sipp = subprocess.run(["sipp", "-v"], capture_output=True, text=True)
+    version = re.search(r"SIPp v\S+", sipp.stdout + sipp.stderr)
+    return {"nproc": cpu_count(), "cpu": model, "python": sys.version.split()[0],
+            "sipp": version.group(0) if version else "?", "pinned": bool(pinned(0))}
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (pbxd listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port  # type: ignore[no-any-return]
+
+
+def answers_options(host: str, port: int) -> bool:
+    """Whether a SIP server answers an OPTIONS on UDP within 0.2 s."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        local = udp.getsockname()[1]
+        udp.settimeout(0.2)
+        request = (
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-bench-{time.monotonic_ns()};rport\r\n"
+            f"From: <sip:bench@{DOMAIN}>;tag=bench\r\nTo: <sip:{host}:{port}>\r\n"
+            f"Call-ID: bench-{time.monotonic_ns()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        udp.sendto(request.encode(), (host, port))
+        try:
+            return udp.recv(65536).startswith(b"SIP/2.0 ")
+        except OSError:
+            return False
+
+
+class Pbxd:
+    """``twistd -n pbxd -c bench/configs/bench.yml`` on a free port, in a scratch directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.log = (workdir / "pbxd.log").open("w")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        self.process = subprocess.Popen(
+            [*pinned(0), sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "pbxd", "-c", str(CONFIG), "--sip-port", str(self.port),
+             "--data-dir", str(workdir / "data"), "--http-port", "0"],
+            cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not answers_options("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"pbxd did not answer OPTIONS within 60 s; see {self.log.name}:\n"
+                                 + Path(self.log.name).read_text()[-3000:])
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid  # taskset execs the command: same process
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                print("pbxd did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+# -- sipp ------------------------------------------------------------------------------------------
+
+
+def users_file(path: Path, numbers: list[str]) -> Path:
+    """sipp's -inf CSV: the extension, and its whole [authentication] keyword (sipp expands a
+    keyword given in a field, so each call authenticates as its own extension)."""
+    path.write_text("SEQUENTIAL\n" + "".join(
+        f"{n};[authentication username={n} password={password(n)}]\n" for n in numbers))
+    return path
+
+
+def requests_per_call(scenario: Path) -> int:
+    """How many requests one call of a UAC scenario sends (the retransmission base)."""
+    return len(re.findall(r"<send\b[^>]*>\s*<!\[CDATA\[\s*[A-Z]+ ", scenario.read_text()))
+
+
+def sipp_stats(path: Path) -> dict[str, str]:
+    """The last row of sipp's -trace_stat CSV (cumulative counters are the (C) columns)."""
+    with path.open(newline="") as stats:
+        rows = list(csv.reader(stats, delimiter=";"))
+    header, last = rows[0], rows[-1]
+    return dict(zip(header, last))
+
+
+def stats_seconds(value: str) -> float:
+    """A time of sipp's statistics (date, time and epoch seconds, tab-separated): the epoch seconds."""
+    return float(value.split("\t")[-1])
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
+    return {"p50": round(cuts[49], 3), "p90": round(cuts[89], 3), "p99": round(cuts[98], 3),
+            "samples": len(ordered)}
+
+
+def response_times(workdir: Path) -> dict[str, dict[str, float]]:
+    """Percentiles per response time from sipp's -trace_rtt files (one row per sample:
+    date_ms;response_time_ms;rtd_no; sipp 3.6 measures whole milliseconds)."""
+    samples: dict[str, list[float]] = {}
+    for path in workdir.glob("*_rtt.csv"):
+        for line in path.read_text().splitlines():
+            parts = line.split(";")
+            if len(parts) >= 3 and re.fullmatch(r"[\d.]+", parts[1]):
+                samples.setdefault(parts[2].strip(), []).append(float(parts[1]))
+    return {number: percentiles(values) for number, values in sorted(samples.items())}
+
+
+def run_sipp(workdir: Path, scenario: Path, host: str, port: int, transport: str,
+             extra: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*pinned(1), "sipp", "-sf", str(scenario), f"{host}:{port}", "-i", "127.0.0.1", "-p", "0",
+         "-t", SIPP_TRANSPORT[transport], "-nostdin", "-timeout", f"{timeout:g}s",
+         "-trace_err", "-error_file", str(workdir / "errors.log"), *extra],
+        cwd=workdir, capture_output=True, text=True, timeout=timeout + 30)
+
+
+def run_step(benchmark: str, workdir: Path, scenario: Path, host: str, port: int,
+             transport: str, rate: int, duration: float, extra: list[str],
+             pbxd: Pbxd | None, profile: bool = False) -> Step:
+    workdir.mkdir(parents=True)
+    calls = max(1, int(rate * duration))
+    users = users_file(workdir / "users.csv", CALLERS)
+    before = (cpu_seconds(pbxd.pid), runqueue_wait_seconds(pbxd.pid), time.monotonic()) if pbxd else None
+    profiler = Profiler(workdir / "profile.txt", pbxd.pid, duration) if pbxd and profile else None
+    done = run_sipp(workdir, scenario, host, port, transport, [
+        "-inf", str(users), "-r", str(rate), "-rp", "1000", "-m", str(calls),
+        "-l", str(max(200, rate * 4)),
+        "-trace_stat", "-stf", str(workdir / "stats.csv"), "-fd", "1",
+        "-trace_rtt", "-rtt_freq", "100", *extra,
+    ], timeout=duration * 3 + 30)
+    if profiler is not None:
+        profiler.report()
+    cpu = wait = rss = None
+    if pbxd is not None and before is not None:
+        wall = time.monotonic() - before[2]
+        cpu = round(100.0 * (cpu_seconds(pbxd.pid) - before[0]) / wall, 1)
+        wait = round(100.0 * (runqueue_wait_seconds(pbxd.pid) - before[1]) / wall, 1)
+        rss = round(rss_mb(pbxd.pid), 1)
+    stats_path = workdir / "stats.csv"
+    if not stats_path.exists():
+        raise SystemExit(f"sipp wrote no statistics (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    stats = sipp_stats(stats_path)
+    successful = int(stats["SuccessfulCall(C)"])
+    failed = int(stats["FailedCall(C)"])
+    # ElapsedTime counts whole seconds: the start and end stamps say more.
+    elapsed = stats_seconds(stats["CurrentTime"]) - stats_seconds(stats["StartTime"])
+    return Step(
+        benchmark=benchmark, transport=transport, offered=rate, calls=calls,
+        successful=successful, failed=failed,
+        achieved=round(successful / elapsed, 1) if elapsed else 0.0,
+        requests=(successful + failed) * requests_per_call(scenario),
+        retransmissions=int(stats["Retransmissions(C)"]), elapsed=round(elapsed, 3),
+        pbxd_cpu_pct=cpu, pbxd_wait_pct=wait, pbxd_rss_mb=rss, latency_ms=response_times(workdir),
+        sipp_exit=done.returncode,
+    )
+
+
+class Profiler:
+    """py-spy sampling pbxd for one step (all threads: the store's SQLite thread too);
+    :meth:`report` prints the functions that take the most samples, by time spent in
+    them and, for pbxd's own functions, in them and below them."""
+
+    def __init__(self, output: Path, pid: int, seconds: float) -> None:
+        if shutil.which("py-spy") is None:
+            raise SystemExit("--profile needs py-spy (pip install py-spy)")
+        self.output = output
+        self.process = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+             "--rate", "200", "--format", "raw", "--output", str(output), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def report(self, top: int = 15) -> None:
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if not self.output.exists():
+            print("py-spy wrote no profile:", self.process.stderr.read()[-500:])  # type: ignore[union-attr]
+            return
+        inclusive: dict[str, int] = {}
+        own: dict[str, int] = {}
+        total = 0
+        for line in self.output.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = stack.split(";")
+            total += int(count)
+            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + int(count)
+        print(f"  profile: {total} samples; {self.output}")
+        # Inclusive time of pbxd's own functions: the framework frames above them
+        # (twistd, the reactor loop) include everything and say nothing.
+        inclusive = {frame: count for frame, count in inclusive.items() if "pbxd/" in frame}
+        for title, table in (("self", own), ("inclusive (pbxd's functions)", inclusive)):
+            print(f"  top {top} by {title} time:")
+            for frame, count in sorted(table.items(), key=lambda item: -item[1])[:top]:
+                print(f"    {100 * count / total:5.1f}%  {frame}")
+
+
+# -- the benchmarks ----------------------------------------------------------------------------------
+
+
+class Answerer:
+    """The called phone of the calls benchmark: a sipp that registers as 1999 and answers
+    every call with uas_answer.xml until it is stopped."""
+
+    def __init__(self, workdir: Path, host: str, port: int, transport: str, seconds: float) -> None:
+        workdir.mkdir(parents=True)
+        self.workdir = workdir
+        self.process = subprocess.Popen(
+            [*pinned(1), "sipp", "-sf", str(SCENARIOS / "uas_register.xml"), f"{host}:{port}",
+             "-i", "127.0.0.1", "-p", "0", "-t", SIPP_TRANSPORT[transport], "-nostdin",
+             "-oocsf", str(SCENARIOS / "uas_answer.xml"), "-key", "user", CALLEE,
+             "-au", CALLEE, "-ap", password(CALLEE), "-m", "1", "-d", str(int(seconds * 1000)),
+             "-trace_err", "-error_file", str(workdir / "errors.log"),
+             "-trace_stat", "-stf", str(workdir / "stats.csv"), "-fd", "1"],
+            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR1)  # sipp: stop gracefully
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def registered(host: str, port: int, transport: str, workdir: Path, number: str) -> bool:
+    """Whether ``number`` can register (one sipp registration): the server knows the
+    bench extensions."""
+    workdir.mkdir(parents=True)
+    done = run_sipp(workdir, SCENARIOS / "register.xml", host, port, transport,
+                    ["-inf", str(users_file(workdir / "users.csv", [number])), "-m", "1"], timeout=10)
+    return done.returncode == 0
+
+
+def bench_register(workdir: Path, host: str, port: int, args: argparse.Namespace,
+                   pbxd: Pbxd | None) -> list[Step]:
+    return step_through("register", workdir, SCENARIOS / "register.xml", host, port, args, pbxd, [])
+
+
+def bench_calls(workdir: Path, host: str, port: int, args: argparse.Namespace,
+                pbxd: Pbxd | None) -> list[Step]:
+    rates = args.rates or DEFAULT_RATES["calls"]
+    answerer = Answerer(workdir / "answerer", host, port, args.transport,
+                        seconds=len(rates) * (args.duration * 3 + 30))
+    try:
+        if not wait_for_binding(host, port, args.transport, workdir, answerer):
+            return []
+        extra = ["-key", "callee", CALLEE, "-auth_uri", f"{CALLEE}@{DOMAIN}:{port}"]
+        return step_through("calls", workdir, SCENARIOS / "uac_call.xml", host, port, args, pbxd, extra)
+    finally:
+        answerer.stop()
+
+
+def wait_for_binding(host: str, port: int, transport: str, workdir: Path, answerer: Answerer) -> bool:
+    """Wait until a probe call to 1999 is answered: the answerer is registered and the
+    server routes calls (until pbxd has its B2BUA, it does not)."""
+    deadline = time.monotonic() + 15
+    probe = 0
+    while time.monotonic() < deadline:
+        if answerer.process.poll() is not None:
+            print("the answering sipp ended:", answerer.process.stderr.read()[-2000:], file=sys.stderr)
+            return False
+        probe += 1
+        probe_dir = workdir / f"probe-{probe}"
+        probe_dir.mkdir(parents=True)
+        done = run_sipp(probe_dir, SCENARIOS / "uac_call.xml", host, port, transport, [
+            "-inf", str(users_file(probe_dir / "users.csv", CALLERS[:1])), "-m", "1",
+            "-key", "callee", CALLEE, "-auth_uri", f"{CALLEE}@{DOMAIN}:{port}"], timeout=5)
+        if done.returncode == 0:
+            return True
+    print("calls: a probe call to 1999 was not answered within 15 s: the server does not route"
+          " calls between extensions (see the sipp logs under the work directory); skipped",
+          file=sys.stderr)
+    return False
+
+
+def step_through(benchmark: str, workdir: Path, scenario: Path, host: str, port: int,
+                 args: argparse.Namespace, pbxd: Pbxd | None, extra: list[str]) -> list[Step]:
+    steps: list[Step] = []
+    print(f"\n{benchmark} over {args.transport} to {host}:{port}, {args.duration:g} s per step")
+    print(header())
+    for rate in args.rates or DEFAULT_RATES[benchmark]:
+        step = run_step(benchmark, workdir / f"{benchmark}-{rate}", scenario, host, port,
+                        args.transport, rate, args.duration, extra, pbxd, args.profile)
+        steps.append(step)
+        print(row(step), flush=True)
+        if not step.passed:
+            break
+    best = max((s.offered for s in steps if s.passed), default=None)
+    print(f"{benchmark}: highest passing rate {best if best is not None else 'none'}/s")
+    return steps
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def header() -> str:
+    return (f"{'offered/s':>9} {'achieved/s':>10} {'calls':>7} {'failed':>6} {'retrans%':>8}"
+            f" {'pbxd CPU%':>9} {'wait%':>5} {'RSS MB':>7}  {'rt1 p50/p99 ms':>15}  {'rt2 p50/p99 ms':>15}  result")
+
+
+def row(step: Step) -> str:
+    def rt(number: str) -> str:
+        values = step.latency_ms.get(number)
+        return f"{values['p50']:.2f}/{values['p99']:.2f}" if values else "-"
+
+    def maybe(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    return (f"{step.offered:>9} {step.achieved:>10.0f} {step.successful:>7} {step.failed:>6}"
+            f" {step.retransmission_pct:>8.3f} {maybe(step.pbxd_cpu_pct, '.0f'):>9}"
+            f" {maybe(step.pbxd_wait_pct, '.0f'):>5}"
+            f" {maybe(step.pbxd_rss_mb, '.1f'):>7}  {rt('1'):>15}  {rt('2'):>15}"
+            f"  {'pass' if step.passed else 'FAIL'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark", choices=("register", "calls", "all"))
+    parser.add_argument("--target", help="HOST:PORT of another SIP server (pbxd is not started)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per step (default 10)")
+    parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")],
+                        help="offered rates per step, comma-separated (default per benchmark)")
+    parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (sipp logs)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample pbxd with py-spy during each step and print where its time goes")
+    args = parser.parse_args(argv)
+    if shutil.which("sipp") is None:
+        raise SystemExit("sipp is not installed (Debian: apt install sip-tester)")
+    benchmarks = ["register", "calls"] if args.benchmark == "all" else [args.benchmark]
+    about = machine()
+    print(f"{about['nproc']} CPU(s), {about['cpu']}, Python {about['python']}, {about['sipp']},"
+          f" {'pbxd on CPU 0, sipp on CPU 1' if about['pinned'] else 'not pinned'}")
+    results: dict[str, Any] = {"machine": about, "transport": args.transport,
+                               "duration": args.duration, "target": args.target, "benchmarks": {}}
+    workdir = Path(tempfile.mkdtemp(prefix="pbxd-bench-"))
+    try:
+        for benchmark in benchmarks:
+            results["benchmarks"][benchmark] = [
+                step.as_json() for step in run_benchmark(benchmark, workdir / benchmark, args)]
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    out = args.json or RESULTS / f"{args.benchmark}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults: {out}")
+    return 0
+
+
+def run_benchmark(benchmark: str, workdir: Path, args: argparse.Namespace) -> list[Step]:
+    run = {"register": bench_register, "calls": bench_calls}[benchmark]
+    workdir.mkdir(parents=True)
+    if args.target:
+        host, _, port = args.target.rpartition(":")
+        if not registered(host, int(port), args.transport, workdir / "check", CALLERS[0]):
+            raise SystemExit(f"{args.target} does not register {CALLERS[0]} with password"
+                             f" {password(CALLERS[0])}: give it bench.yml's extensions")
+        return run(workdir, host, int(port), args, None)
+    pbxd = Pbxd(workdir)
+    try:
+        return run(workdir, "127.0.0.1", pbxd.port, args, pbxd)
+    finally:
+        pbxd.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

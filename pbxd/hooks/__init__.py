@@ -1,0 +1,1 @@
+"""Outbound webhooks: one HTTP client (timeouts, retries, durable spool) and its users."""

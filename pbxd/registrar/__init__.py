@@ -1,0 +1,1 @@
+"""Registrar: digest challenges and checks, brute-force guard, bindings, phones."""

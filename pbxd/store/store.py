@@ -1,0 +1,798 @@
+"""The SQLite store: one file, one connection, every call a Deferred.
+
+SQLite calls block, so they run in the thread of a twisted.enterprise.adbapi
+pool of exactly one connection: writes are serialized without locks of our
+own, and the reactor thread never waits on the disk. The file is in WAL mode
+(readers do not block the writer, and a crash loses no committed row) with
+foreign keys on. sqlite3 errors come back as :class:`StoreError` naming the
+operation and the file; the interaction functions (``_*`` below) run in the
+pool thread and touch nothing but their connection and arguments.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sqlite3
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import attrs
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pbxd.sip.digest import stored_ha1s
+from pbxd.store.errors import DuplicateError, NotFoundError, StoreError
+from pbxd.store.models import (
+    Binding,
+    Cdr,
+    Extension,
+    ExtensionSpec,
+    RegisteredPhone,
+    SpoolEntry,
+    normalize_mac,
+)
+from pbxd.store.schema import MIGRATIONS, migrate
+
+log = Logger()
+
+T = TypeVar("T")
+
+# update_extension's "leave this field as it is".
+_KEEP: Any = object()
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def _extension_from_row(row: sqlite3.Row) -> Extension:
+    return Extension(
+        number=row["number"],
+        name=row["name"],
+        email=row["email"],
+        enabled=bool(row["enabled"]),
+        allow_external=bool(row["allow_external"]),
+        voicemail_pin=row["voicemail_pin"],
+        ha1_md5=row["ha1_md5"],
+        ha1_sha256=row["ha1_sha256"],
+        realm=row["realm"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+_BINDING_COLUMNS = (
+    "aor", "binding_key", "contact_uri", "instance_id", "reg_id", "path", "call_id", "cseq",
+    "expires_at", "q", "source_transport", "source_host", "source_port", "local_host",
+    "local_port", "user_agent", "received_at",
+)
+
+# Insert a binding, or replace the one with the same AOR and key.
+_UPSERT_BINDING = (
+    f"INSERT INTO bindings ({', '.join(_BINDING_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _BINDING_COLUMNS)})"
+    " ON CONFLICT (aor, binding_key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _BINDING_COLUMNS[2:])
+)
+
+
+def _binding_values(binding: Binding) -> tuple:
+    return (
+        binding.aor, binding.key, binding.contact_uri, binding.instance_id, binding.reg_id,
+        json.dumps(list(binding.path)), binding.call_id, binding.cseq, float(binding.expires_at),
+        None if binding.q is None else float(binding.q), binding.source_transport,
+        binding.source_host, binding.source_port, binding.local_host, binding.local_port,
+        binding.user_agent, float(binding.received_at),
+    )
+
+
+def _binding_from_row(row: sqlite3.Row) -> Binding:
+    return Binding(
+        aor=row["aor"],
+        contact_uri=row["contact_uri"],
+        expires_at=row["expires_at"],
+        call_id=row["call_id"],
+        cseq=row["cseq"],
+        source_transport=row["source_transport"],
+        source_host=row["source_host"],
+        source_port=row["source_port"],
+        received_at=row["received_at"],
+        local_host=row["local_host"],
+        local_port=row["local_port"],
+        instance_id=row["instance_id"],
+        reg_id=row["reg_id"],
+        path=tuple(json.loads(row["path"])),
+        q=row["q"],
+        user_agent=row["user_agent"],
+    )
+
+
+def _phone_from_row(row: sqlite3.Row) -> RegisteredPhone:
+    return RegisteredPhone(
+        id=row["id"],
+        extension=row["extension"],
+        ip=row["ip"],
+        mac=row["mac"],
+        user_agent=row["user_agent"],
+        contact_uri=row["contact_uri"],
+        vendor=row["vendor"],
+        model=row["model"],
+        first_registered=row["first_registered"],
+        last_registered=row["last_registered"],
+    )
+
+
+_CDR_COLUMNS = (
+    "call_id", "from_number", "to_number", "direction", "start_time", "answer_time", "end_time",
+    "disposition", "duration", "billsec", "hangup_cause", "hangup_side", "sip_status", "trunk",
+    "recording_path", "recording_size", "quality",
+)
+
+
+def _cdr_values(cdr: Cdr) -> tuple:
+    values = []
+    for column in _CDR_COLUMNS:
+        value = getattr(cdr, column)
+        if column == "quality":
+            value = None if value is None else json.dumps(value, allow_nan=False)
+        elif column in ("start_time", "answer_time", "end_time", "duration", "billsec"):
+            value = None if value is None else float(value)
+        values.append(value)
+    return tuple(values)
+
+
+def _cdr_from_row(row: sqlite3.Row) -> Cdr:
+    fields = {column: row[column] for column in _CDR_COLUMNS}
+    if fields["quality"] is not None:
+        fields["quality"] = json.loads(fields["quality"])
+    return Cdr(id=row["id"], **fields)
+
+
+def _spool_from_row(row: sqlite3.Row) -> SpoolEntry:
+    return SpoolEntry(
+        id=row["id"],
+        kind=row["kind"],
+        url=row["url"],
+        payload=bytes(row["payload"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        last_error=row["last_error"],
+    )
+
+
+def _phone_key(mac: str | None, contact_uri: str) -> str:
+    # A phone is the same device when it shows the same MAC; without one the
+    # Contact URI is the best identity it gives.
+    return f"mac:{mac}" if mac else f"contact:{contact_uri}"
+
+
+def _day_bounds(date: datetime.date | str, tz: datetime.tzinfo) -> tuple[float, float]:
+    if isinstance(date, str):
+        try:
+            date = datetime.date.fromisoformat(date)
+        except ValueError:
+            raise ValueError(f"date {date!r} is not YYYY-MM-DD") from None
+    if isinstance(date, datetime.datetime) or not isinstance(date, datetime.date):
+        raise TypeError("date must be a datetime.date or a 'YYYY-MM-DD' string")
+    start = datetime.datetime.combine(date, datetime.time(), tzinfo=tz)
+    return start.timestamp(), (start + datetime.timedelta(days=1)).timestamp()
+
+
+def _count(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+class Store:
+    """The pbxd database. Build it with :meth:`open`; end it with :meth:`close`."""
+
+    def __init__(self, path: str, pool: adbapi.ConnectionPool, reactor: IReactorTime) -> None:
+        self.path = path
+        self._pool = pool
+        self._reactor = reactor
+        self._pending: set[defer.Deferred] = set()
+        self._closed = False
+        self.errors = 0  # sqlite3 errors since start (for /metrics)
+
+    # -- life cycle --------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        reactor: Any = None,
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        migrations: Sequence[str] = MIGRATIONS,
+    ) -> defer.Deferred[Store]:
+        """Open (creating if need be) and migrate the database at ``path``.
+
+        ``busy_timeout`` is how long a write waits for another process's lock
+        before failing. ``synchronous=NORMAL`` is safe in WAL mode against a
+        crash of pbxd (only a power cut may lose the last commits); FULL also
+        survives that, at one fsync per commit. ``migrations`` is for tests
+        that need a file at an older version.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}")
+        pragmas = (
+            f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
+            "PRAGMA foreign_keys = ON",
+            f"PRAGMA synchronous = {synchronous.upper()}",
+        )
+
+        def on_connect(conn: sqlite3.Connection) -> None:
+            conn.row_factory = sqlite3.Row
+            for pragma in pragmas:
+                conn.execute(pragma)
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                log.warn("store {path}: journal mode is {mode}, not WAL", path=path, mode=mode)
+
+        pool = adbapi.ConnectionPool(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            # Transactions are begun by sqlite3 implicitly before writes and
+            # committed by adbapi when an interaction returns.
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=on_connect,
+            cp_reactor=reactor,
+        )
+        store = cls(path, pool, reactor)
+        now = reactor.seconds()
+
+        def opened(applied: list[int]) -> Store:
+            if applied:
+                log.info("store {path}: applied schema migrations {applied}", path=path,
+                         applied=applied)
+            return store
+
+        def failed(failure: Failure) -> Failure:
+            pool.close()
+            store._closed = True
+            if failure.check(StoreError):
+                raise type(failure.value)(f"{path}: {failure.value}")
+            if failure.check(sqlite3.Error):
+                raise StoreError(f"cannot open {path}: {failure.value}")
+            return failure
+
+        d = pool.runWithConnection(migrate, migrations, now)
+        return d.addCallbacks(opened, failed)
+
+    def close(self) -> defer.Deferred[None]:
+        """Wait for the operations under way, then close the file.
+
+        Calls made after this fail with StoreError; nothing already accepted
+        is lost.
+        """
+        if self._closed:
+            return defer.succeed(None)
+        self._closed = True
+        pending = list(self._pending)
+
+        def shut(_: object) -> None:
+            self._pool.close()
+            log.info("store {path}: closed", path=self.path)
+
+        return defer.DeferredList(pending, consumeErrors=True).addCallback(shut)
+
+    def _run(self, operation: str, interaction: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run ``interaction(cursor, *args)`` in one transaction in the pool thread."""
+        if self._closed:
+            return defer.fail(StoreError(f"{operation}: the store at {self.path} is closed"))
+
+        def translate(failure: Failure) -> Failure:
+            if failure.check(sqlite3.Error):
+                self.errors += 1
+                log.error("store {path}: {operation} failed: {error}", path=self.path,
+                          operation=operation, error=failure.value)
+                raise StoreError(f"{operation} on {self.path}: {failure.value}")
+            return failure
+
+        d = self._pool.runInteraction(interaction, *args).addErrback(translate)
+        self._pending.add(d)
+
+        def done(result: T) -> T:
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    def _rows(self, operation: str, from_row: Callable[[sqlite3.Row], T], sql: str,
+              args: tuple = ()) -> defer.Deferred[list[T]]:
+        """Run one statement (a SELECT, or a DELETE ... RETURNING) and map its rows."""
+
+        def fetch(cursor: Any) -> list[T]:
+            cursor.execute(sql, args)
+            return [from_row(row) for row in cursor.fetchall()]
+
+        return self._run(operation, fetch)
+
+    # -- extensions --------------------------------------------------------
+
+    def _new_extension(self, spec: ExtensionSpec, realm: str, now: float) -> Extension:
+        hashes = stored_ha1s(spec.number, realm, spec.password)
+        return Extension(
+            number=spec.number,
+            name=spec.name,
+            email=spec.email,
+            enabled=spec.enabled,
+            allow_external=spec.allow_external,
+            voicemail_pin=spec.voicemail_pin,
+            ha1_md5=hashes["MD5"],
+            ha1_sha256=hashes["SHA-256"],
+            realm=realm,
+            created_at=now,
+            updated_at=now,
+        )
+
+    @staticmethod
+    def _insert_extension(cursor: Any, extension: Extension) -> None:
+        cursor.execute(
+            "INSERT INTO extensions (number, name, email, enabled, allow_external,"
+            " voicemail_pin, ha1_md5, ha1_sha256, realm, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                extension.number, extension.name, extension.email, int(extension.enabled),
+                int(extension.allow_external), extension.voicemail_pin, extension.ha1_md5,
+                extension.ha1_sha256, extension.realm, float(extension.created_at),
+                float(extension.updated_at),
+            ),
+        )
+
+    def add_extension(self, spec: ExtensionSpec, realm: str) -> defer.Deferred[Extension]:
+        """Store a new extension, its password as HA1s for ``realm``.
+
+        Fails with DuplicateError when the number exists.
+        """
+        try:
+            extension = self._new_extension(spec, realm, self._reactor.seconds())
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+
+        def add(cursor: Any) -> Extension:
+            try:
+                self._insert_extension(cursor, extension)
+            except sqlite3.IntegrityError as e:
+                if "UNIQUE" in str(e):
+                    raise DuplicateError(f"extension {extension.number} exists") from None
+                raise
+            return extension
+
+        return self._run("add_extension", add)
+
+    def update_extension(
+        self,
+        number: str,
+        *,
+        password: str | None = None,
+        realm: str | None = None,
+        name: str = _KEEP,
+        email: str = _KEEP,
+        enabled: bool = _KEEP,
+        allow_external: bool = _KEEP,
+        voicemail_pin: str | None = _KEEP,
+    ) -> defer.Deferred[Extension]:
+        """Change the fields given; a new password (and/or realm) replaces the HA1s.
+
+        A new realm without a password is refused: the HA1s cannot be
+        recomputed without it. Fails with NotFoundError for an unknown number.
+        """
+        if realm is not None and password is None:
+            return defer.fail(ValueError("changing the realm needs the password"))
+        if password is not None and (not isinstance(password, str) or not password):
+            return defer.fail(ValueError("password must be a non-empty str"))
+        changes = {
+            key: value
+            for key, value in dict(name=name, email=email, enabled=enabled,
+                                   allow_external=allow_external,
+                                   voicemail_pin=voicemail_pin).items()
+            if value is not _KEEP
+        }
+        now = self._reactor.seconds()
+
+        def update(cursor: Any) -> Extension:
+            cursor.execute("SELECT * FROM extensions WHERE number = ?", (number,))
+            row = cursor.fetchone()
+            if row is None:
+                raise NotFoundError(f"extension {number} does not exist")
+            current = _extension_from_row(row)
+            fields = dict(changes, updated_at=now)
+            if password is not None:
+                new_realm = realm if realm is not None else current.realm
+                hashes = stored_ha1s(current.number, new_realm, password)
+                fields.update(ha1_md5=hashes["MD5"], ha1_sha256=hashes["SHA-256"],
+                              realm=new_realm)
+            # evolve runs the validators, so a bad value fails here, before the write.
+            updated = attrs.evolve(current, **fields)
+            cursor.execute(
+                "UPDATE extensions SET name = ?, email = ?, enabled = ?, allow_external = ?,"
+                " voicemail_pin = ?, ha1_md5 = ?, ha1_sha256 = ?, realm = ?, updated_at = ?"
+                " WHERE number = ?",
+                (
+                    updated.name, updated.email, int(updated.enabled),
+                    int(updated.allow_external), updated.voicemail_pin, updated.ha1_md5,
+                    updated.ha1_sha256, updated.realm, float(updated.updated_at), number,
+                ),
+            )
+            return updated
+
+        return self._run("update_extension", update)
+
+    def delete_extension(self, number: str) -> defer.Deferred[None]:
+        """Remove an extension; NotFoundError if there is none."""
+
+        def delete(cursor: Any) -> None:
+            cursor.execute("DELETE FROM extensions WHERE number = ?", (number,))
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"extension {number} does not exist")
+
+        return self._run("delete_extension", delete)
+
+    def get_extension(self, number: str) -> defer.Deferred[Extension]:
+        """The extension with that number; NotFoundError if there is none."""
+
+        def get(cursor: Any) -> Extension:
+            cursor.execute("SELECT * FROM extensions WHERE number = ?", (number,))
+            row = cursor.fetchone()
+            if row is None:
+                raise NotFoundError(f"extension {number} does not exist")
+            return _extension_from_row(row)
+
+        return self._run("get_extension", get)
+
+    def list_extensions(self) -> defer.Deferred[list[Extension]]:
+        """All extensions, by number."""
+        return self._rows("list_extensions", _extension_from_row,
+                          "SELECT * FROM extensions ORDER BY number")
+
+    def seed_extensions(
+        self, specs: Iterable[ExtensionSpec | Mapping[str, Any]], realm: str
+    ) -> defer.Deferred[list[str]]:
+        """Insert the extensions that are not stored yet (first-start seeding
+        from config); those present are left alone, whatever their password.
+
+        Fires with the numbers inserted. Mappings are taken as ExtensionSpec
+        keyword arguments.
+        """
+        try:
+            now = self._reactor.seconds()
+            extensions = [
+                self._new_extension(
+                    spec if isinstance(spec, ExtensionSpec) else ExtensionSpec(**spec), realm, now
+                )
+                for spec in specs
+            ]
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+
+        def seed(cursor: Any) -> list[str]:
+            inserted = []
+            for extension in extensions:
+                cursor.execute("SELECT 1 FROM extensions WHERE number = ?", (extension.number,))
+                if cursor.fetchone() is None:
+                    self._insert_extension(cursor, extension)
+                    inserted.append(extension.number)
+            return inserted
+
+        return self._run("seed_extensions", seed)
+
+    # -- bindings (location service) -------------------------------------------
+
+    def upsert_binding(self, binding: Binding) -> defer.Deferred[Binding]:
+        """Insert the binding, or replace the one with the same AOR and key
+        (:func:`pbxd.store.models.binding_key`)."""
+        if not isinstance(binding, Binding):
+            return defer.fail(TypeError("upsert_binding takes a Binding"))
+
+        def upsert(cursor: Any) -> Binding:
+            cursor.execute(_UPSERT_BINDING, _binding_values(binding))
+            return binding
+
+        return self._run("upsert_binding", upsert)
+
+    def apply_bindings(
+        self, aor: str, upserts: Sequence[Binding], remove_keys: Sequence[str]
+    ) -> defer.Deferred[list[Binding]]:
+        """One REGISTER's changes to an AOR in one transaction, all or nothing:
+        remove the bindings with ``remove_keys``, then insert or replace
+        ``upserts`` (which must be bindings of ``aor``). Fires with the
+        bindings removed."""
+        if not all(isinstance(b, Binding) and b.aor == aor for b in upserts):
+            return defer.fail(ValueError(f"apply_bindings takes Bindings of {aor}"))
+        keys = list(remove_keys)
+        values = [_binding_values(binding) for binding in upserts]
+
+        def apply(cursor: Any) -> list[Binding]:
+            removed = []
+            for key in keys:
+                cursor.execute(
+                    "DELETE FROM bindings WHERE aor = ? AND binding_key = ? RETURNING *", (aor, key)
+                )
+                removed += [_binding_from_row(row) for row in cursor.fetchall()]
+            for row_values in values:
+                cursor.execute(_UPSERT_BINDING, row_values)
+            return removed
+
+        return self._run("apply_bindings", apply)
+
+    def remove_binding(self, aor: str, key: str) -> defer.Deferred[Binding | None]:
+        """Remove one binding; fires with it, or None if there was none."""
+
+        def remove(cursor: Any) -> Binding | None:
+            cursor.execute("DELETE FROM bindings WHERE aor = ? AND binding_key = ? RETURNING *",
+                           (aor, key))
+            row = cursor.fetchone()
+            return None if row is None else _binding_from_row(row)
+
+        return self._run("remove_binding", remove)
+
+    def remove_all_bindings(self, aor: str) -> defer.Deferred[list[Binding]]:
+        """Remove every binding of an AOR (``Contact: *``); fires with them."""
+        return self._rows("remove_all_bindings", _binding_from_row,
+                          "DELETE FROM bindings WHERE aor = ? RETURNING *", (aor,))
+
+    def bindings_for(self, aor: str) -> defer.Deferred[list[Binding]]:
+        """The bindings of an AOR, highest q first (absent q counts as 1.0)."""
+        return self._rows("bindings_for", _binding_from_row,
+                          "SELECT * FROM bindings WHERE aor = ? ORDER BY coalesce(q, 1.0) DESC, id",
+                          (aor,))
+
+    def all_bindings(self) -> defer.Deferred[list[Binding]]:
+        """Every stored binding (to load the location service at start)."""
+        return self._rows("all_bindings", _binding_from_row,
+                          "SELECT * FROM bindings ORDER BY aor, id")
+
+    def purge_expired(self, now: float) -> defer.Deferred[list[Binding]]:
+        """Remove the bindings that expired at or before ``now``; fires with them."""
+        return self._rows("purge_expired", _binding_from_row,
+                          "DELETE FROM bindings WHERE expires_at <= ? RETURNING *", (now,))
+
+    # -- registered phones ------------------------------------------------------
+
+    def upsert_phone(
+        self,
+        *,
+        extension: str,
+        ip: str,
+        contact_uri: str = "",
+        user_agent: str = "",
+        mac: str | None = None,
+        vendor: str | None = None,
+        model: str | None = None,
+        seen_at: float | None = None,
+    ) -> defer.Deferred[RegisteredPhone]:
+        """Record that a phone registered for ``extension``.
+
+        The phone is the row with the same extension and MAC (or, without a
+        MAC, the same Contact URI): its first_registered is kept, the rest
+        updated. The MAC is normalized to 12 lower-case hex digits.
+        """
+        try:
+            mac = normalize_mac(mac)
+            now = self._reactor.seconds() if seen_at is None else seen_at
+            # Validate through the model before writing (id 0 is a placeholder).
+            RegisteredPhone(
+                id=0, extension=extension, ip=ip, mac=mac, user_agent=user_agent,
+                contact_uri=contact_uri, vendor=vendor, model=model, first_registered=now,
+                last_registered=now,
+            )
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+        key = _phone_key(mac, contact_uri)
+
+        def upsert(cursor: Any) -> RegisteredPhone:
+            cursor.execute(
+                "INSERT INTO registered_phones (extension, phone_key, ip, mac, user_agent,"
+                " contact_uri, vendor, model, first_registered, last_registered)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (extension, phone_key) DO UPDATE SET ip = excluded.ip,"
+                " user_agent = excluded.user_agent, contact_uri = excluded.contact_uri,"
+                " vendor = coalesce(excluded.vendor, vendor),"
+                " model = coalesce(excluded.model, model),"
+                " last_registered = excluded.last_registered RETURNING *",
+                (extension, key, ip, mac, user_agent, contact_uri, vendor, model, float(now),
+                 float(now)),
+            )
+            return _phone_from_row(cursor.fetchone())
+
+        return self._run("upsert_phone", upsert)
+
+    def _select_phones(self, operation: str, where: str,
+                       args: tuple) -> defer.Deferred[list[RegisteredPhone]]:
+        return self._rows(operation, _phone_from_row,
+                          f"SELECT * FROM registered_phones {where} ORDER BY id", args)
+
+    def all_phones(self) -> defer.Deferred[list[RegisteredPhone]]:
+        return self._select_phones("all_phones", "", ())
+
+    def phones_for_extension(self, extension: str) -> defer.Deferred[list[RegisteredPhone]]:
+        return self._select_phones("phones_for_extension", "WHERE extension = ?", (extension,))
+
+    def phones_by_mac(self, mac: str) -> defer.Deferred[list[RegisteredPhone]]:
+        """Phones with that MAC (one device may register several extensions)."""
+        try:
+            normalized = normalize_mac(mac)
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+        return self._select_phones("phones_by_mac", "WHERE mac = ?", (normalized,))
+
+    def phones_by_ip(self, ip: str) -> defer.Deferred[list[RegisteredPhone]]:
+        return self._select_phones("phones_by_ip", "WHERE ip = ?", (ip,))
+
+    # -- call detail records ----------------------------------------------------
+
+    def add_cdr(self, cdr: Cdr) -> defer.Deferred[Cdr]:
+        """Write a CDR; fires with it, carrying its new id."""
+        if not isinstance(cdr, Cdr):
+            return defer.fail(TypeError("add_cdr takes a Cdr"))
+        if cdr.id is not None:
+            return defer.fail(ValueError("a new CDR has no id yet"))
+        columns = ", ".join(_CDR_COLUMNS)
+        placeholders = ", ".join("?" for _ in _CDR_COLUMNS)
+
+        def add(cursor: Any) -> Cdr:
+            cursor.execute(f"INSERT INTO cdrs ({columns}) VALUES ({placeholders})",
+                           _cdr_values(cdr))
+            return attrs.evolve(cdr, id=cursor.lastrowid)
+
+        return self._run("add_cdr", add)
+
+    def list_cdrs(
+        self,
+        date: datetime.date | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        tz: datetime.tzinfo = datetime.timezone.utc,
+    ) -> defer.Deferred[list[Cdr]]:
+        """CDRs newest first; with ``date``, only calls that started that day in ``tz``."""
+        try:
+            limit = _count(limit, "limit", 1)
+            offset = _count(offset, "offset", 0)
+            bounds = None if date is None else _day_bounds(date, tz)
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+        order = " ORDER BY start_time DESC, id DESC LIMIT ? OFFSET ?"
+        if bounds is None:
+            return self._rows("list_cdrs", _cdr_from_row, "SELECT * FROM cdrs" + order,
+                              (limit, offset))
+        return self._rows("list_cdrs", _cdr_from_row,
+                          "SELECT * FROM cdrs WHERE start_time >= ? AND start_time < ?" + order,
+                          (*bounds, limit, offset))
+
+    def cdr_totals(
+        self, date: datetime.date | str, tz: datetime.tzinfo = datetime.timezone.utc
+    ) -> defer.Deferred[dict[str, tuple[int, float, float]]]:
+        """For the calls that started on ``date`` in ``tz``: per disposition,
+        (calls, total duration, total billsec), summed by SQLite (the REST
+        API's statistics)."""
+        try:
+            bounds = _day_bounds(date, tz)
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+
+        def totals(cursor: Any) -> dict[str, tuple[int, float, float]]:
+            cursor.execute(
+                "SELECT disposition, count(*), total(duration), total(billsec) FROM cdrs"
+                " WHERE start_time >= ? AND start_time < ? GROUP BY disposition", bounds)
+            return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
+
+        return self._run("cdr_totals", totals)
+
+    def search_cdrs(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        direction: str | None = None,
+        disposition: str | None = None,
+        number: str | None = None,
+        call_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> defer.Deferred[tuple[list[Cdr], int]]:
+        """CDRs newest first matching every filter given, and how many match in all
+        (the console's call records): started in ``[since, until)``, ``number``
+        the caller or the callee."""
+        try:
+            limit = _count(limit, "limit", 1)
+            offset = _count(offset, "offset", 0)
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+        conditions: list[str] = []
+        args: list[Any] = []
+        for sql, value in (("start_time >= ?", since), ("start_time < ?", until),
+                           ("direction = ?", direction), ("disposition = ?", disposition),
+                           ("call_id = ?", call_id)):
+            if value is not None:
+                conditions.append(sql)
+                args.append(value)
+        if number is not None:
+            conditions.append("(from_number = ? OR to_number = ?)")
+            args += [number, number]
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+        def search(cursor: Any) -> tuple[list[Cdr], int]:
+            cursor.execute(f"SELECT count(*) FROM cdrs{where}", args)
+            total = cursor.fetchone()[0]
+            cursor.execute(f"SELECT * FROM cdrs{where} ORDER BY start_time DESC, id DESC"
+                           " LIMIT ? OFFSET ?", (*args, limit, offset))
+            return [_cdr_from_row(row) for row in cursor.fetchall()], total
+
+        return self._run("search_cdrs", search)
+
+    def get_cdr(self, cdr_id: int) -> defer.Deferred[Cdr]:
+        """The CDR with that id; NotFoundError if there is none."""
+
+        def get(cursor: Any) -> Cdr:
+            cursor.execute("SELECT * FROM cdrs WHERE id = ?", (cdr_id,))
+            row = cursor.fetchone()
+            if row is None:
+                raise NotFoundError(f"CDR {cdr_id} does not exist")
+            return _cdr_from_row(row)
+
+        return self._run("get_cdr", get)
+
+    # -- webhook spool ------------------------------------------------------------
+
+    def spool_add(self, kind: str, url: str, payload: bytes,
+                  next_attempt_at: float | None = None) -> defer.Deferred[SpoolEntry]:
+        """Put a delivery in the spool; fires with its entry (and id)."""
+        now = self._reactor.seconds()
+        try:
+            entry = SpoolEntry(id=0, kind=kind, url=url, payload=payload, attempts=0,
+                               next_attempt_at=now if next_attempt_at is None else next_attempt_at,
+                               created_at=now)
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
+
+        def add(cursor: Any) -> SpoolEntry:
+            cursor.execute(
+                "INSERT INTO webhook_spool (kind, url, payload, attempts, next_attempt_at,"
+                " created_at) VALUES (?, ?, ?, 0, ?, ?)",
+                (entry.kind, entry.url, entry.payload, float(entry.next_attempt_at),
+                 float(entry.created_at)),
+            )
+            return attrs.evolve(entry, id=cursor.lastrowid)
+
+        return self._run("spool_add", add)
+
+    def spool_due(self, now: float, limit: int = 100) -> defer.Deferred[list[SpoolEntry]]:
+        """Spooled deliveries whose next attempt is due, oldest first."""
+        return self._rows("spool_due", _spool_from_row,
+                          "SELECT * FROM webhook_spool WHERE next_attempt_at <= ?"
+                          " ORDER BY next_attempt_at, id LIMIT ?", (now, limit))
+
+    def spool_entries(self) -> defer.Deferred[list[SpoolEntry]]:
+        """Everything in the spool, oldest first."""
+        return self._rows("spool_entries", _spool_from_row,
+                          "SELECT * FROM webhook_spool ORDER BY id")
+
+    def spool_delete(self, entry_id: int) -> defer.Deferred[None]:
+        """Forget a delivered (or definitively refused) spool entry."""
+
+        def delete(cursor: Any) -> None:
+            cursor.execute("DELETE FROM webhook_spool WHERE id = ?", (entry_id,))
+
+        return self._run("spool_delete", delete)
+
+    def spool_reschedule(self, entry_id: int, attempts: int, next_attempt_at: float,
+                         last_error: str) -> defer.Deferred[None]:
+        """Record a failed attempt and when to try again."""
+
+        def reschedule(cursor: Any) -> None:
+            cursor.execute(
+                "UPDATE webhook_spool SET attempts = ?, next_attempt_at = ?, last_error = ?"
+                " WHERE id = ?", (attempts, float(next_attempt_at), last_error, entry_id))
+
+        return self._run("spool_reschedule", reschedule)
