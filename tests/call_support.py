@@ -431,6 +431,17 @@ def callee_ok(result: SippResult) -> bool:
     return result.exit_code == STOPPED_BY_SCENARIO and not events
 
 
+def pbx_ladders(pbx: PbxService) -> str:
+    """What pbxd itself sent and received for every call it still holds: for failure messages."""
+    capture = pbx.sip.capture
+    lines = []
+    for call_id in list(capture._calls):
+        for message in capture.ladder(call_id) or []:
+            arrow = "<-" if message.direction == "in" else "->"
+            lines.append(f"{message.time:.3f} {call_id[:12]} {arrow} {message.peer} {message.first_line}")
+    return "pbxd's own view:\n" + "\n".join(sorted(set(lines)))
+
+
 def free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1 just now (for sipp's -p)."""
     while True:

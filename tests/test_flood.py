@@ -22,7 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from call_support import CALLER_HANGS_UP, WAIT_FOR_BYE, callee, callee_ok, caller, cdrs
+from call_support import CALLER_HANGS_UP, WAIT_FOR_BYE, callee, callee_ok, caller, cdrs, pbx_ladders
 from pbxd.service import PbxService
 from sipp_runner import requires_sipp
 from test_registrar import pbx_config, port_of, sipp_register, start_pbx
@@ -84,9 +84,9 @@ async def flood_while_registering(pbx: PbxService, tmp_path: Path, round_: int) 
         await sipp_register(pbx, workdir, "udp", user="1002", password="secret-1002", local_ip="127.0.0.2")
         call = await caller(pbx, workdir, "1002", "1001", "udp", CALLER_HANGS_UP, register=False,
                             local_ip="127.0.0.2")
-        assert call.ok, call.explain()
+        assert call.ok, pbx_ladders(pbx) + "\n" + call.explain()
         answered = await answering
-        assert callee_ok(answered), answered.explain()
+        assert callee_ok(answered), pbx_ladders(pbx) + "\n" + answered.explain()
     finally:
         stop.set()
     return await attack
