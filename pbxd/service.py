@@ -27,7 +27,7 @@ from pbxd.hooks.cdr_push import CdrPusher
 from pbxd.hooks.client import WebhookClient
 from pbxd.hooks.http_router import Router
 from pbxd.hooks.locator import LocatorNotifier
-from pbxd.hooks.user_backend import ChainedBackend, HttpUserBackend, StaticBackend
+from pbxd.hooks.user_backend import ChainedBackend, HttpUserBackend
 from pbxd.media.session import relay_media_factory
 from pbxd.registrar.auth import STATIC_BACKEND, RequestAuthenticator, load_nonce_secret
 from pbxd.registrar.directory import ExtensionDirectory
@@ -406,10 +406,13 @@ class RegistrarService(Service):
         auth, settings, locator = self.config.auth, self.config.registrar, self.config.locator
         if locator.url is not None or any(b.type == "http" for b in auth.backends):
             self.webhooks = WebhookClient(self.reactor)
+        # The extensions in memory: the static backend answers from them, no store read per REGISTER.
+        self.directory = ExtensionDirectory(store, name=STATIC_BACKEND)
+        await self.directory.refresh()
         backends: list[Any] = []
         for index, backend in enumerate(auth.backends):
             if backend.type == "static":
-                backends.append(StaticBackend(store, name=STATIC_BACKEND))
+                backends.append(self.directory)
             else:
                 backends.append(HttpUserBackend(
                     self.webhooks, backend.url, method=backend.method,
@@ -426,7 +429,8 @@ class RegistrarService(Service):
             self.realm, auth.algorithms,
         )
         self.authenticator = RequestAuthenticator(
-            self.core, ChainedBackend(backends), digest, guard, auth.failure_response
+            self.core, backends[0] if len(backends) == 1 else ChainedBackend(backends), digest,
+            guard, auth.failure_response,
         )
         notifier = None
         if locator.url is not None:
@@ -436,8 +440,7 @@ class RegistrarService(Service):
         if self.events is not None:
             self.location.observers.append(registration_publisher(self.events, self.reactor))
         await self.location.load()
-        self.directory = ExtensionDirectory(store, self.location)
-        await self.directory.refresh()
+        self.directory.location = self.location
         self.core.users = self.directory
         if settings.qualify_interval > 0:
             self.qualifier = Qualifier(self.core, self.location, self.reactor,
