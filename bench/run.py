@@ -202,14 +202,17 @@ def answers_options(host: str, port: int) -> bool:
 class Pbxd:
     """``twistd -n pbxd -c bench/configs/bench.yml`` on a free port, in a scratch directory."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, config: Path = CONFIG, cprofile: bool = False) -> None:
         self.port = free_port()
         self.log = (workdir / "pbxd.log").open("w")
+        # twistd's own profiler option: cProfile over the whole run, saved at exit.
+        self.cprofile = workdir / "pbxd.cprof" if cprofile else None
+        profiling = [f"--profile={self.cprofile}", "--profiler=cprofile", "--savestats"] if cprofile else []
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         self.process = subprocess.Popen(
             [*pinned(0), sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "pbxd", "-c", str(CONFIG), "--sip-port", str(self.port),
+             "-n", "--pidfile=", *profiling, "pbxd", "-c", str(config), "--sip-port", str(self.port),
              "--data-dir", str(workdir / "data"), "--http-port", "0"],
             cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -233,6 +236,32 @@ class Pbxd:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+        if self.cprofile is not None:
+            report_cprofile(self.cprofile)
+
+
+def bench_config(workdir: Path, media: str) -> Path:
+    """bench.yml, or with ``media`` none a copy whose extensions route does not relay media."""
+    if media == "relay":
+        return CONFIG
+    config = workdir / "bench-no-media.yml"
+    config.write_text(CONFIG.read_text() + "routes:\n  - {name: extensions, priority: 0,"
+                      " match: {extension: true}, destination: \"{called}\", media_proxy: none}\n")
+    return config
+
+
+def report_cprofile(path: Path, top: int = 25) -> None:
+    """The functions pbxd spent the most time in over the whole run (cProfile, the
+    reactor thread only: the store's SQLite thread is not in it; py-spy sees both)."""
+    if not path.exists():
+        print(f"cProfile wrote no statistics to {path}")
+        return
+    import pstats
+
+    print(f"\ncProfile of pbxd over the whole run ({path}):")
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(r"pbxd/", top)
 
 
 # -- sipp ------------------------------------------------------------------------------------------
@@ -387,7 +416,8 @@ class Answerer:
     """The called phone of the calls benchmark: a sipp that registers as 1999 and answers
     every call with uas_answer.xml until it is stopped."""
 
-    def __init__(self, workdir: Path, host: str, port: int, transport: str, seconds: float) -> None:
+    def __init__(self, workdir: Path, host: str, port: int, transport: str, seconds: float,
+                 extra: list[str] | None = None) -> None:
         workdir.mkdir(parents=True)
         self.workdir = workdir
         self.process = subprocess.Popen(
@@ -396,7 +426,7 @@ class Answerer:
              "-oocsf", str(SCENARIOS / "uas_answer.xml"), "-key", "user", CALLEE,
              "-au", CALLEE, "-ap", password(CALLEE), "-m", "1", "-d", str(int(seconds * 1000)),
              "-trace_err", "-error_file", str(workdir / "errors.log"),
-             "-trace_stat", "-stf", str(workdir / "stats.csv"), "-fd", "1"],
+             "-trace_stat", "-stf", str(workdir / "stats.csv"), "-fd", "1", *(extra or [])],
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def stop(self) -> None:
@@ -431,10 +461,207 @@ def bench_calls(workdir: Path, host: str, port: int, args: argparse.Namespace,
     try:
         if not wait_for_binding(host, port, args.transport, workdir, answerer):
             return []
-        extra = ["-key", "callee", CALLEE, "-auth_uri", f"{CALLEE}@{DOMAIN}:{port}"]
-        return step_through("calls", workdir, SCENARIOS / "uac_call.xml", host, port, args, pbxd, extra)
+        return step_through("calls", workdir, SCENARIOS / "uac_call.xml", host, port, args, pbxd,
+                            call_keys(port))
     finally:
         answerer.stop()
+
+
+def call_keys(port: int) -> list[str]:
+    """sipp options that make the UAC scenarios call 1999 through the server at ``port``."""
+    return ["-key", "callee", CALLEE, "-auth_uri", f"{CALLEE}@{DOMAIN}:{port}"]
+
+
+# -- latency: what pbxd adds between the two phones -----------------------------------------
+
+# sipp -trace_msg: each message follows a line of dashes and its date and time.
+_TRACE_HEADER = re.compile(
+    r"^-{10,} (\d{4}-\d\d-\d\d)[ \t](\d\d:\d\d:\d\d(?:\.\d+)?)\s*$", re.M)
+
+
+@attrs.frozen
+class TracedMessage:
+    time: float  # epoch seconds, as sipp stamped it
+    sent: bool
+    first_line: str
+    from_user: str
+    cseq: str
+
+
+def traced_messages(path: Path) -> list[TracedMessage]:
+    """The SIP messages of a sipp -trace_msg file, with sipp's time stamps."""
+    text = path.read_text(errors="replace")
+    marks = list(_TRACE_HEADER.finditer(text))
+    messages = []
+    for mark, following in zip(marks, marks[1:] + [None]):
+        body = text[mark.end():following.start() if following else len(text)].strip("\r\n")
+        what, _, sip = body.partition("\n\n")
+        lines = sip.strip().splitlines()
+        if not lines:
+            continue
+        headers = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon:
+                break
+            headers.setdefault(name.strip().lower(), value.strip())
+        user = re.search(r"sips?:([^@;>]+)@", headers.get("from", headers.get("f", "")))
+        stamp = time.mktime(time.strptime(mark.group(1) + " " + mark.group(2).split(".")[0],
+                                          "%Y-%m-%d %H:%M:%S"))
+        fraction = mark.group(2).partition(".")[2]
+        messages.append(TracedMessage(
+            time=stamp + (float("0." + fraction) if fraction else 0.0), sent=" sent" in what,
+            first_line=lines[0].strip(), from_user=user.group(1) if user else "",
+            cseq=headers.get("cseq", headers.get("cseq", ""))))
+    return messages
+
+
+def first_times(messages: list[TracedMessage], sent: bool, starts: str, cseq_method: str,
+                cseq_number: str | None = None) -> dict[str, float]:
+    """Per caller (From user): when the first matching message was sent or received."""
+    times: dict[str, float] = {}
+    for message in messages:
+        number, _, method = message.cseq.partition(" ")
+        if (message.sent == sent and message.first_line.startswith(starts)
+                and method == cseq_method and (cseq_number is None or number == cseq_number)):
+            times.setdefault(message.from_user, message.time)
+    return times
+
+
+def hop_latencies(caller: list[TracedMessage], callee: list[TracedMessage]) -> dict[str, list[float]]:
+    """Milliseconds per call, matched by the caller's extension (the From user, which pbxd
+    keeps on the outbound leg): the authenticated INVITE from the caller's sipp to the
+    INVITE at the callee's, the callee's 200 to the caller's 200, and set-up as the caller
+    sees it minus the time the callee took to answer (what pbxd added in all)."""
+    invite_out = first_times(caller, True, "INVITE ", "INVITE", "2")
+    invite_in = first_times(callee, False, "INVITE ", "INVITE")
+    ok_out = first_times(callee, True, "SIP/2.0 200", "INVITE")
+    ok_in = first_times(caller, False, "SIP/2.0 200", "INVITE", "2")
+    hops: dict[str, list[float]] = {"INVITE in -> out": [], "200 in -> out": [], "set-up added": []}
+    for user, sent in invite_out.items():
+        if user in invite_in and user in ok_out and user in ok_in:
+            hops["INVITE in -> out"].append(1000 * (invite_in[user] - sent))
+            hops["200 in -> out"].append(1000 * (ok_in[user] - ok_out[user]))
+            hops["set-up added"].append(1000 * ((ok_in[user] - sent) - (ok_out[user] - invite_in[user])))
+    return hops
+
+
+def bench_latency(workdir: Path, host: str, port: int, args: argparse.Namespace,
+                  pbxd: Pbxd | None) -> list[dict[str, Any]]:
+    """Calls at a modest rate with both phones tracing their messages (sipp -trace_msg,
+    time stamps in microseconds): how long each hop through the server took. Each rate
+    runs at most 999 calls, so that every caller extension places one call."""
+    rates = args.rates or [20, 100]
+    answerer_trace = workdir / "answerer" / "messages.log"
+    answerer = Answerer(workdir / "answerer", host, port, args.transport,
+                        seconds=len(rates) * (args.duration * 3 + 30),
+                        extra=["-trace_msg", "-message_file", str(answerer_trace)])
+    results = []
+    try:
+        if not wait_for_binding(host, port, args.transport, workdir, answerer):
+            return []
+        print(f"\nlatency over {args.transport} to {host}:{port}: per hop, ms"
+              " (sipp's time stamps on both phones; loopback and sipp's own delay included)")
+        print(f"{'rate/s':>6} {'calls':>6} {'hop':<17} {'p50':>7} {'p90':>7} {'p99':>7}"
+              f" {'max':>8} {'pbxd CPU%':>9} {'wait%':>5}")
+        for rate in rates:
+            step_dir = workdir / f"latency-{rate}"
+            start = answerer_trace.stat().st_size if answerer_trace.exists() else 0
+            duration = min(args.duration, len(CALLERS) / rate)
+            step = run_step("latency", step_dir, SCENARIOS / "uac_call.xml", host, port,
+                            args.transport, rate, duration,
+                            [*call_keys(port), "-trace_msg", "-message_file",
+                             str(step_dir / "messages.log")], pbxd)
+            time.sleep(0.5)  # the answerer's last BYE and its trace line
+            callee_part = step_dir / "answerer-messages.log"
+            with answerer_trace.open("rb") as whole:
+                whole.seek(start)
+                callee_part.write_bytes(whole.read())
+            hops = hop_latencies(traced_messages(step_dir / "messages.log"),
+                                 traced_messages(callee_part))
+            result = {"rate": rate, "calls": step.successful, "failed": step.failed,
+                      "pbxd_cpu_pct": step.pbxd_cpu_pct, "pbxd_wait_pct": step.pbxd_wait_pct,
+                      "hops_ms": {name: {**percentiles(values), "max": round(max(values), 3)}
+                                  for name, values in hops.items() if values}}
+            results.append(result)
+            for name, cut in result["hops_ms"].items():
+                print(f"{rate:>6} {len(hops[name]):>6} {name:<17} {cut['p50']:>7.3f} {cut['p90']:>7.3f}"
+                      f" {cut['p99']:>7.3f} {cut['max']:>8.3f}"
+                      f" {maybe_number(step.pbxd_cpu_pct):>9} {maybe_number(step.pbxd_wait_pct):>5}")
+            if step.failed:
+                print(f"{rate:>6}: {step.failed} calls failed")
+    finally:
+        answerer.stop()
+    return results
+
+
+# -- memory: what a concurrent call costs, and whether it is given back -----------------------
+
+
+def bench_memory(workdir: Path, host: str, port: int, args: argparse.Namespace,
+                 pbxd: Pbxd | None) -> list[dict[str, Any]]:
+    """Rounds of ``--calls`` calls held up at once (uac_hold.xml: the BYE waits until every
+    call of the round is up), reading pbxd's RSS before, at the peak and once the calls
+    have drained. kB per call is (peak - before) / calls. The first round also pays for
+    one-time growth (the allocator's arenas, caches); later rounds reuse the memory the
+    first one freed, so RSS after each drain should stay level."""
+    if pbxd is None:
+        raise SystemExit("memory reads pbxd's RSS: it does not work with --target")
+    calls = args.calls
+    rate = (args.rates or [100])[0]
+    ramp = calls / rate
+    hold = ramp + 3.0  # every call of the round is up before the first hangs up
+    answerer = Answerer(workdir / "answerer", host, port, args.transport,
+                        seconds=args.rounds * (ramp + hold + 60) + 60,
+                        extra=["-l", str(calls * 2)])
+    results = []
+    try:
+        if not wait_for_binding(host, port, args.transport, workdir, answerer):
+            return []
+        print(f"\nmemory over {args.transport}: rounds of {calls} calls held up at once"
+              f" (set up at {rate}/s, held {hold:.0f} s), pbxd's RSS in MB")
+        print(f"{'round':>5} {'calls':>6} {'failed':>6} {'before':>8} {'peak':>8} {'drained':>8}"
+              f" {'kB/call':>8}  {'drain s':>7}")
+        time.sleep(1.0)
+        for number in range(1, args.rounds + 1):
+            round_dir = workdir / f"memory-{number}"
+            round_dir.mkdir(parents=True)
+            before = rss_mb(pbxd.pid)
+            sipp = subprocess.Popen(
+                [*pinned(1), "sipp", "-sf", str(SCENARIOS / "uac_hold.xml"), f"{host}:{port}",
+                 "-i", "127.0.0.1", "-p", "0", "-t", SIPP_TRANSPORT[args.transport], "-nostdin",
+                 "-inf", str(users_file(round_dir / "users.csv", CALLERS)), "-r", str(rate),
+                 "-m", str(calls), "-l", str(calls), "-d", str(int(hold * 1000)),
+                 "-timeout", f"{ramp + hold + 60:g}s", "-trace_stat", "-stf",
+                 str(round_dir / "stats.csv"), "-fd", "1", "-trace_err", "-error_file",
+                 str(round_dir / "errors.log"), *call_keys(port)],
+                cwd=round_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            peak = before
+            while sipp.poll() is None:
+                peak = max(peak, rss_mb(pbxd.pid))
+                time.sleep(0.1)
+            ended = time.monotonic()
+            # Drained: RSS stops moving once the calls' transactions and timers are gone
+            # (over UDP a BYE's server transaction stays 32 s, Timer J, RFC 3261 §17.2.2).
+            settle = 35.0 if args.transport == "udp" else 3.0
+            time.sleep(settle)
+            drained = rss_mb(pbxd.pid)
+            stats = sipp_stats(round_dir / "stats.csv")
+            successful, failed = int(stats["SuccessfulCall(C)"]), int(stats["FailedCall(C)"])
+            per_call = 1024 * (peak - before) / successful if successful else float("nan")
+            results.append({"round": number, "calls": successful, "failed": failed,
+                            "rss_before_mb": round(before, 1), "rss_peak_mb": round(peak, 1),
+                            "rss_drained_mb": round(drained, 1), "kb_per_call": round(per_call, 1),
+                            "drain_seconds": round(time.monotonic() - ended, 1)})
+            print(f"{number:>5} {successful:>6} {failed:>6} {before:>8.1f} {peak:>8.1f} {drained:>8.1f}"
+                  f" {per_call:>8.1f}  {settle:>7.0f}", flush=True)
+    finally:
+        answerer.stop()
+    return results
+
+
+def maybe_number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def wait_for_binding(host: str, port: int, transport: str, workdir: Path, answerer: Answerer) -> bool:
@@ -451,7 +678,7 @@ def wait_for_binding(host: str, port: int, transport: str, workdir: Path, answer
         probe_dir.mkdir(parents=True)
         done = run_sipp(probe_dir, SCENARIOS / "uac_call.xml", host, port, transport, [
             "-inf", str(users_file(probe_dir / "users.csv", CALLERS[:1])), "-m", "1",
-            "-key", "callee", CALLEE, "-auth_uri", f"{CALLEE}@{DOMAIN}:{port}"], timeout=5)
+            *call_keys(port)], timeout=5)
         if done.returncode == 0:
             return True
     print("calls: a probe call to 1999 was not answered within 15 s: the server does not route"
@@ -502,7 +729,7 @@ def row(step: Step) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=("register", "calls", "all"))
+    parser.add_argument("benchmark", choices=("register", "calls", "latency", "memory", "all"))
     parser.add_argument("--target", help="HOST:PORT of another SIP server (pbxd is not started)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per step (default 10)")
     parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")],
@@ -512,20 +739,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (sipp logs)")
     parser.add_argument("--profile", action="store_true",
                         help="sample pbxd with py-spy during each step and print where its time goes")
+    parser.add_argument("--media", choices=("relay", "none"), default="relay",
+                        help="calls through pbxd's media relay (bench.yml: the default) or with"
+                             " media_proxy none (the SDP passes unchanged, no ports opened)")
+    parser.add_argument("--calls", type=int, default=500,
+                        help="memory: calls held up at once per round (default 500)")
+    parser.add_argument("--rounds", type=int, default=3, help="memory: rounds (default 3)")
+    parser.add_argument("--cprofile", action="store_true",
+                        help="run pbxd under cProfile and print its top functions when it stops")
     args = parser.parse_args(argv)
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed (Debian: apt install sip-tester)")
-    benchmarks = ["register", "calls"] if args.benchmark == "all" else [args.benchmark]
+    benchmarks = (["register", "calls", "latency", "memory"] if args.benchmark == "all"
+                  else [args.benchmark])
     about = machine()
     print(f"{about['nproc']} CPU(s), {about['cpu']}, Python {about['python']}, {about['sipp']},"
-          f" {'pbxd on CPU 0, sipp on CPU 1' if about['pinned'] else 'not pinned'}")
-    results: dict[str, Any] = {"machine": about, "transport": args.transport,
+          f" {'pbxd on CPU 0, sipp on CPU 1' if about['pinned'] else 'not pinned'},"
+          f" media {args.media}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results: dict[str, Any] = {"machine": about, "transport": args.transport, "media": args.media,
+                               "load_average": os.getloadavg(),
                                "duration": args.duration, "target": args.target, "benchmarks": {}}
     workdir = Path(tempfile.mkdtemp(prefix="pbxd-bench-"))
     try:
         for benchmark in benchmarks:
             results["benchmarks"][benchmark] = [
-                step.as_json() for step in run_benchmark(benchmark, workdir / benchmark, args)]
+                step.as_json() if isinstance(step, Step) else step
+                for step in run_benchmark(benchmark, workdir / benchmark, args)]
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}")
@@ -538,8 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_benchmark(benchmark: str, workdir: Path, args: argparse.Namespace) -> list[Step]:
-    run = {"register": bench_register, "calls": bench_calls}[benchmark]
+def run_benchmark(benchmark: str, workdir: Path, args: argparse.Namespace) -> list[Any]:
+    run: Any = {"register": bench_register, "calls": bench_calls, "latency": bench_latency,
+                "memory": bench_memory}[benchmark]
     workdir.mkdir(parents=True)
     if args.target:
         host, _, port = args.target.rpartition(":")
@@ -547,7 +787,7 @@ def run_benchmark(benchmark: str, workdir: Path, args: argparse.Namespace) -> li
             raise SystemExit(f"{args.target} does not register {CALLERS[0]} with password"
                              f" {password(CALLERS[0])}: give it bench.yml's extensions")
         return run(workdir, host, int(port), args, None)
-    pbxd = Pbxd(workdir)
+    pbxd = Pbxd(workdir, bench_config(workdir, args.media), cprofile=args.cprofile)
     try:
         return run(workdir, "127.0.0.1", pbxd.port, args, pbxd)
     finally:
