@@ -103,6 +103,27 @@ def test_ended_calls_stay_for_the_grace_period_with_their_legs(clock: Clock) -> 
     assert capture.ladder("other") is not None
 
 
+def test_a_leg_evicted_or_relinked_leaves_its_call_ladder(clock: Clock) -> None:
+    # The call -> legs index must follow evictions and re-links, and never grow past
+    # what is held (it replaced a walk over every captured call).
+    capture = SipCapture(clock, max_calls=3)
+    feed(capture, "in", request("INVITE", "call"))
+    capture.link("leg-b", "call")
+    capture.link("leg-c", "call")
+    capture.link("leg-c", "other")  # moved: only "other" shows it
+    feed(capture, "out", request("INVITE", "leg-b"), Target("udp", "192.0.2.20", 5060))
+    feed(capture, "out", request("INVITE", "leg-c"), Target("udp", "192.0.2.21", 5060))
+    assert [m.call_id for m in capture.ladder("call")] == ["call", "leg-b"]
+    assert [m.call_id for m in capture.ladder("other")] == ["leg-c"]
+    feed(capture, "in", request("INVITE", "new"))  # evicts "call", the least recent
+    feed(capture, "in", request("INVITE", "newer"))  # evicts "leg-b"
+    assert capture.ladder("call") is None
+    assert [m.call_id for m in capture.ladder("other")] == ["leg-c"]
+    for number in range(10):
+        feed(capture, "in", request("INVITE", f"later-{number}"))
+    assert capture.ladder("other") is None and capture._legs == {}
+
+
 def test_broken_messages_and_peers_never_raise(clock: Clock) -> None:
     capture = SipCapture(clock)
     broken = request("INVITE", "x")

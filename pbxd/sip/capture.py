@@ -96,6 +96,9 @@ class SipCapture:
         # (evict_at, call_id) in end order: grace is one constant, so the
         # deque is sorted by evict_at.
         self._ending: deque[tuple[float, str]] = deque()
+        # A call's Call-ID -> its legs' Call-IDs (see link): finding a call's legs must not
+        # walk every captured call, which made each call's end cost O(max_calls).
+        self._legs: dict[str, list[str]] = {}
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -123,7 +126,7 @@ class SipCapture:
                 return
             call = self._calls[call_id] = _CallCapture()
             while len(self._calls) > self.max_calls:
-                self._calls.popitem(last=False)
+                self._forget(*self._calls.popitem(last=False))
                 self.evicted += 1
         else:
             self._calls.move_to_end(call_id)
@@ -148,7 +151,10 @@ class SipCapture:
         leg = self._calls.get(leg_call_id)
         if leg is None:
             leg = self._calls[leg_call_id] = _CallCapture()
+        if leg.root is not None:
+            self._unlink(leg_call_id, leg.root)
         leg.root = call_id
+        self._legs.setdefault(call_id, []).append(leg_call_id)
 
     def call_ended(self, call_id: str) -> None:
         """Keep the call's capture (legs included) for ``grace`` seconds more."""
@@ -178,15 +184,28 @@ class SipCapture:
 
     def _members(self, call_id: str) -> list[str]:
         members = [call_id] if call_id in self._calls else []
-        members += [leg_id for leg_id, call in self._calls.items() if call.root == call_id]
-        return members
+        return members + self._legs.get(call_id, [])
 
     def _expire(self, now: float) -> None:
         ending = self._ending
         while ending and ending[0][0] <= now:
             _, call_id = ending.popleft()
-            if self._calls.pop(call_id, None) is not None:
+            call = self._calls.pop(call_id, None)
+            if call is not None:
+                self._forget(call_id, call)
                 self.evicted += 1
+
+    def _forget(self, call_id: str, call: _CallCapture) -> None:
+        """``call_id``'s capture is gone: keep the leg index to what is still held."""
+        if call.root is not None:
+            self._unlink(call_id, call.root)
+
+    def _unlink(self, leg_call_id: str, root: str) -> None:
+        legs = self._legs.get(root)
+        if legs is not None and leg_call_id in legs:
+            legs.remove(leg_call_id)
+            if not legs:
+                del self._legs[root]
 
 
 def _starts_a_call(message: SipMessage) -> bool:
