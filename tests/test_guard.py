@@ -177,3 +177,21 @@ def test_bans_are_capped_too(clock: Clock) -> None:
 def test_bad_settings_are_refused(clock: Clock, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AuthGuard(clock, **kwargs)
+
+
+def test_source_keys_are_remembered_and_the_memo_stays_bounded(clock: Clock) -> None:
+    guard = AuthGuard(clock, max_failures=2, trusted=["10.0.0.0/8"])
+    for _ in range(2):  # the second time each answer comes from the memo
+        assert guard._source("10.1.2.3") is None  # trusted
+        assert guard._source("::ffff:10.1.2.3") is None  # IPv4-mapped: still trusted
+        assert guard._source("[2001:db8::1]") == "2001:db8::/64"
+        assert guard._source("2001:db8::2") == "2001:db8::/64"
+        assert guard._source("not-an-address") == "not-an-address"
+    fail(guard, "2001:db8::1", None, 1)
+    fail(guard, "2001:db8::9", None, 1)  # the same /64, through the memo
+    assert guard.is_blocked("2001:db8::5", None)
+    fail(guard, "10.1.2.3", None, 5)
+    assert not guard.is_blocked("10.1.2.3", None)
+    for n in range(10_000):
+        guard._source(str(ipaddress.IPv4Address(0xC6336400 + n)))
+    assert len(guard._sources) <= 4096

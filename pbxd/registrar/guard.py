@@ -26,6 +26,10 @@ Key = tuple[str, str]  # ("ip", address or /64 network) or ("user", name)
 
 log = Logger(namespace="pbxd.registrar.guard")
 
+# How many source addresses' keys are remembered (a flood from many
+# addresses only empties the memo more often).
+_SOURCE_CACHE_SIZE = 4096
+
 
 class AuthGuard:
     """Counts failed authentications and bans sources and users that fail too often.
@@ -63,6 +67,11 @@ class AuthGuard:
         self._failures: OrderedDict[Key, deque[float]] = OrderedDict()
         # Ban end per key, ordered by start; with one ban_time also by end.
         self._bans: OrderedDict[Key, float] = OrderedDict()
+        # The key each source address was counted under: parsing an address
+        # and matching it against the trusted networks is most of the cost of
+        # a check, and phones come back from the same addresses. Emptied when
+        # full (it holds only a parse of what it is given).
+        self._sources: dict[str, str | None] = {}
         self.failures_total = 0
         self.bans_total = 0
 
@@ -83,6 +92,8 @@ class AuthGuard:
 
     def is_blocked(self, ip: str, user: str | None) -> bool:
         self._expire(self._clock.seconds())
+        if not self._bans:
+            return False  # the usual case: nothing to look up
         return any(key in self._bans for key in self._keys(ip, user))
 
     def record_failure(self, ip: str, user: str | None) -> None:
@@ -127,6 +138,17 @@ class AuthGuard:
 
     def _source(self, ip: str) -> str | None:
         """The key a source address is counted under, or None if it is trusted."""
+        sources = self._sources
+        try:
+            return sources[ip]
+        except KeyError:
+            pass
+        if len(sources) >= _SOURCE_CACHE_SIZE:
+            sources.clear()
+        source = sources[ip] = self._parse_source(ip)
+        return source
+
+    def _parse_source(self, ip: str) -> str | None:
         try:
             address = ipaddress.ip_address(ip.strip("[]"))
         except ValueError:
