@@ -18,6 +18,7 @@ Contact holds the phone's private address), and without one the two agree.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -79,6 +80,12 @@ def behind_nat(contact_uri: str, flow: Target) -> bool:
     return (contact_address, port, transport) != (source_address, flow.port, flow.transport)
 
 
+# behind_nat parses the Contact URI and two addresses; a phone re-registers
+# with the same Contact from the same flow, so the answer is remembered.
+# (Target's equality and hash are transport, host and port: all it reads.)
+_behind_nat_memo = functools.lru_cache(maxsize=4096)(behind_nat)
+
+
 @attrs.frozen
 class BoundContact:
     """A binding as the location service holds it: stored record, flow and state.
@@ -96,7 +103,7 @@ class BoundContact:
     @classmethod
     def of(cls, binding: Binding, online: bool = True) -> BoundContact:
         flow = flow_of(binding)
-        return cls(binding, flow, behind_nat(binding.contact_uri, flow), online)
+        return cls(binding, flow, _behind_nat_memo(binding.contact_uri, flow), online)
 
     @property
     def aor(self) -> str:

@@ -45,6 +45,9 @@ log = Logger(namespace="pbxd.registrar")
 _MAX_DELTA = 2**32 - 1
 # Seconds a phone is told to wait when the store cannot take its registration.
 STORE_RETRY_AFTER = 5
+# How many hosts' "is it ours?" answers are remembered (emptied when full:
+# the hosts are the sender's to choose).
+_LOCAL_HOSTS_MEMO = 1024
 
 
 @attrs.frozen
@@ -129,6 +132,22 @@ class Registrar:
         self.store = store
         self.settings = settings
         self.registrations = 0
+        # The Request-URI and To hosts of every REGISTER are the same few
+        # names; LocalDomains parses each as an IP address first.
+        self._local_hosts: dict[str, bool] = {}
+        self._domains = core.domains
+
+    def _is_local(self, host: str) -> bool:
+        domains = self.core.domains
+        if domains is not self._domains:  # replaced: what was remembered may be wrong
+            self._domains = domains
+            self._local_hosts.clear()
+        local = self._local_hosts.get(host)
+        if local is None:
+            if len(self._local_hosts) >= _LOCAL_HOSTS_MEMO:
+                self._local_hosts.clear()
+            local = self._local_hosts[host] = domains.is_local(host)
+        return local
 
     # -- the transaction user ----------------------------------------------------
 
@@ -164,7 +183,7 @@ class Registrar:
         ruri = request.ruri
         if not isinstance(ruri, SipURI):
             raise Rejected(416)  # §8.2.2.1
-        if not self.core.domains.is_local(ruri.host):
+        if not self._is_local(ruri.host):
             raise Rejected(403, "Relaying Forbidden")
         # Step 2 (Require) was the core's. Headers that must parse are read
         # before the challenge, so that a malformed request gets 400 at once.
@@ -185,7 +204,7 @@ class Registrar:
         if aor_user is not None and aor_user != user.username:
             raise Rejected(403, "Not Your Address-of-Record")
         # Step 5: the AOR (from To) must be one this registrar serves: 404 if not.
-        if to_uri is None or aor_user is None or not self.core.domains.is_local(to_uri.host):
+        if to_uri is None or aor_user is None or not self._is_local(to_uri.host):
             raise Rejected(404)
         aor = self.location.aor(aor_user)
         # Steps 6 and 7: what the Contacts ask for, checked before anything changes.
@@ -346,8 +365,8 @@ class Registrar:
         """Record the phone; written after the bindings, and not waited for:
         a failure here must not fail the registration (readers through the
         store still see it, as the store runs its calls in order)."""
-        headers = [(name, value) for _, name, value in request.iter_raw()]
-        facts = phone_facts(binding.user_agent, binding.instance_id, contact, headers)
+        # The request itself: phone_facts reads only the few headers that may carry a MAC.
+        facts = phone_facts(binding.user_agent, binding.instance_id, contact, request)
         d = self.store.upsert_phone(
             extension=extension,
             ip=binding.source_host,
