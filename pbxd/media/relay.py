@@ -141,17 +141,6 @@ def _receive_all(sock: socket.socket, deliver: Callable[[bytes, Address], None],
             log.failure("relay packet from {source} failed", source=source)
 
 
-def _send(sock: socket.socket, data: bytes, destination: Address) -> bool:
-    """sendto; False (the datagram dropped) when the kernel refuses it."""
-    try:
-        sock.sendto(data, destination)
-    except OSError as error:
-        if error.errno not in _SEND_DROPPED and not isinstance(error, socket.gaierror):
-            raise
-        return False
-    return True
-
-
 def _ignore(data: bytes, source: Address) -> None:
     pass
 
@@ -165,10 +154,14 @@ class _RelaySocketIO:
 
     def send(self, data: bytes, destination: Address) -> bool:
         """Send a datagram; False (and counted) when the kernel refused it."""
-        if _send(self.socket, data, destination):
-            return True
-        self.send_errors += 1
-        return False
+        try:
+            self.socket.sendto(data, destination)  # the packet path: one call, no helper
+        except OSError as error:
+            if error.errno not in _SEND_DROPPED and not isinstance(error, socket.gaierror):
+                raise
+            self.send_errors += 1
+            return False
+        return True
 
 
 class RelayPort(_RelaySocketIO, udp.Port):
