@@ -16,7 +16,16 @@ and 99th percentile, and the relay process's CPU (user+system, % of one
 core, and CPU microseconds per relayed packet). A step passes with loss
 under 0.1% and a median under 1 ms; stepping stops after the first step that
 fails (``--all`` runs them all, to see how CPU grows). Loopback only;
-everything stops by itself. ``--json FILE`` writes the rows too.
+everything stops by itself. ``--json FILE`` writes the rows too. The load
+average is printed before and after: on a shared machine the relay's core is
+not its own, and the highest passing step moves with what else runs there.
+
+Two smaller measurements, steadier on a busy machine:
+``--inproc`` times pbxd's packet path alone (the shared poller's wake-up:
+epoll rounds, recvfrom, pbxd's Python, sendto) for N calls in this process,
+as CPU microseconds per packet and the calls per core that implies;
+``--syscalls`` times each way to move a datagram here (sendto, recvfrom,
+reading until EAGAIN, recvmmsg and sendmmsg through ctypes).
 
 Notes (what the numbers say, and the next step). Per relayed packet the relay
 makes one recvfrom and one sendto (plus a share of epoll_wait); on loopback
@@ -224,6 +233,242 @@ class BareRelay:
             sock.close()
 
 
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+# -- the packet path alone ------------------------------------------------------------------------
+
+
+class _ReaderOnlyReactor:
+    """Enough reactor for the shared poller: this benchmark calls its doRead itself."""
+
+    def addReader(self, reader: Any) -> None:
+        pass
+
+
+def in_process(steps: list[int], seconds: float) -> None:
+    """Per step: N calls, one 20 ms frame per call into leg A per round, one poller wake-up per round.
+
+    Only the wake-up is timed (process CPU): the epoll rounds, recvfrom, pbxd's
+    per-packet Python and the sendto (which on loopback also queues the datagram
+    at the receiver). Not timed: the reactor's own epoll_wait and the thread
+    wake-ups, which the full benchmark adds. Stepping N shows how the last, empty
+    poll of a wake-up is shared out.
+    """
+    from twisted.internet.task import Clock
+
+    from pbxd.media.ports import PortPool
+    from pbxd.media.relay import MediaRelay, RelayOptions, SharedPoller
+    from pbxd.sip.sdp import Codec
+
+    if (os.cpu_count() or 1) > 1 and not os.environ.get("NOPIN"):
+        os.sched_setaffinity(0, {0})
+    print(f"load average before: {_load()}")
+    print(f"{'calls':>6} {'packets':>8} {'us/packet':>9} {'calls/core':>10}")
+    phone_a, phone_b = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    for sock in (phone_a, phone_b):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.bind((HOST, 0))
+        sock.setblocking(False)
+    options = RelayOptions(bind_address=HOST, socket_buffer=4 << 20, timeout=None)
+    codecs = [Codec(0, "PCMU", 8000)]
+    for calls in steps:
+        reactor, clock, pool = _ReaderOnlyReactor(), Clock(), PortPool(30000, 39999)
+        poller = SharedPoller(reactor)
+        SharedPoller._by_reactor[id(reactor)] = poller
+        relays = [MediaRelay.open(reactor, pool, options, clock=clock) for _ in range(calls)]
+        for relay in relays:
+            relay.a.set_remote(phone_a.getsockname(), codecs)
+            relay.b.set_remote(phone_b.getsockname(), codecs)
+        destinations = [(HOST, relay.a.port) for relay in relays]
+        spent = 0.0
+        packets = forwarded = 0
+        until = time.monotonic() + seconds
+        sequence = 0
+        while time.monotonic() < until:
+            sequence += 1
+            frame = PACKET.pack(0x80, 0, sequence & 0xFFFF, sequence * 160, 1, 0, 0, 0) + PAYLOAD_PAD
+            for destination in destinations:
+                phone_a.sendto(frame, destination)
+            before = time.process_time()
+            poller.doRead()
+            spent += time.process_time() - before
+            packets += calls
+            while True:
+                try:
+                    phone_b.recv(2048)
+                except BlockingIOError:
+                    break
+                forwarded += 1
+        for relay in relays:
+            relay.close()
+        SharedPoller._by_reactor.pop(id(reactor), None)
+        poller.epoll.close()
+        per_packet = 1e6 * spent / packets
+        lost = f"  ({packets - forwarded} not forwarded)" if forwarded != packets else ""
+        print(f"{calls:>6} {packets:>8} {per_packet:>9.2f} {1e6 / per_packet / 100:>10.0f}{lost}", flush=True)
+    print(f"load average after: {_load()}")
+
+
+# -- what each socket call costs ------------------------------------------------------------------
+
+
+def syscalls() -> None:
+    """The cost of each way to move a datagram, per call and per datagram, on loopback.
+
+    recvmmsg/sendmmsg go through ctypes (libc): the question is whether batching
+    pays for the ctypes call and the copying out of ctypes buffers when a relay
+    socket holds one datagram per wake-up (50 packets a second per socket).
+    """
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+    class IoVec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+    class MsgHdr(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(IoVec)),
+                    ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                    ("flags", ctypes.c_int)]
+
+    class MMsgHdr(ctypes.Structure):
+        _fields_ = [("header", MsgHdr), ("length", ctypes.c_uint)]
+
+    batch = 8
+    buffers = [ctypes.create_string_buffer(2048) for _ in range(batch)]
+    names = [ctypes.create_string_buffer(16) for _ in range(batch)]
+    vectors = (IoVec * batch)()
+    messages = (MMsgHdr * batch)()
+    for index in range(batch):
+        vectors[index].base, vectors[index].length = ctypes.addressof(buffers[index]), 2048
+        header = messages[index].header
+        header.name, header.namelen = ctypes.addressof(names[index]), 16
+        header.iov, header.iovlen = ctypes.pointer(vectors[index]), 1
+    recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
+    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    dont_wait = socket.MSG_DONTWAIT
+
+    receiver, sender = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    for sock in (receiver, sender):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.bind((HOST, 0))
+        sock.setblocking(False)
+    target = receiver.getsockname()
+    data = bytes(172)
+    sources: dict[bytes, tuple[str, int]] = {}
+    rounds = 20000
+    string_at = ctypes.string_at
+
+    def fill(count: int) -> None:
+        for _ in range(count):
+            sender.sendto(data, target)
+
+    def received_mmsg(count: int) -> int:
+        got = recvmmsg(receiver.fileno(), messages, batch, dont_wait, None)
+        for index in range(got):
+            _ = string_at(buffers[index], messages[index].length)  # the datagram as bytes, as recvfrom gives
+            name = names[index].raw[:8]
+            if name not in sources:  # sockaddr_in -> (host, port), cached per source
+                sources[name] = (socket.inet_ntoa(name[4:8]), int.from_bytes(name[2:4], "big"))
+        return got
+
+    def empty() -> int:
+        got = 0
+        while True:
+            try:
+                receiver.recv(2048)
+            except BlockingIOError:
+                return got
+            got += 1
+
+    def sendto_loop() -> int:
+        for _ in range(rounds):
+            sender.sendto(data, target)
+            if _ % 1000 == 999:
+                empty()
+        return rounds
+
+    def recvfrom_one() -> int:
+        for _ in range(rounds):
+            sender.sendto(data, target)
+            receiver.recvfrom(2048)
+        return rounds
+
+    def recvfrom_probe() -> int:
+        for _ in range(rounds):
+            sender.sendto(data, target)
+            receiver.recvfrom(2048)
+            try:
+                receiver.recvfrom(2048)
+            except BlockingIOError:
+                pass
+        return rounds
+
+    def recvmmsg_one() -> int:
+        for _ in range(rounds):
+            sender.sendto(data, target)
+            received_mmsg(1)
+        return rounds
+
+    def recvmmsg_eight() -> int:
+        for _ in range(rounds // batch):
+            fill(batch)
+            received_mmsg(batch)
+        return rounds // batch * batch
+
+    send_vectors = (IoVec * batch)()
+    send_messages = (MMsgHdr * batch)()
+    address = ctypes.create_string_buffer(struct.pack("=H", socket.AF_INET) + struct.pack("!H", target[1])
+                                          + socket.inet_aton(target[0]) + bytes(8), 16)
+    payload = ctypes.create_string_buffer(data, len(data))
+    for index in range(batch):
+        send_vectors[index].base, send_vectors[index].length = ctypes.addressof(payload), len(data)
+        header = send_messages[index].header
+        header.name, header.namelen = ctypes.addressof(address), 16
+        header.iov, header.iovlen = ctypes.pointer(send_vectors[index]), 1
+
+    def sendmmsg_batch(size: int) -> Any:
+        def run() -> int:
+            for _ in range(rounds // size):
+                sendmmsg(sender.fileno(), send_messages, size, 0)
+                empty()
+            return rounds // size * size
+        return run
+
+    # What sendmmsg costs is timed with the receiver's drain, so time that alone as well.
+    def drain_only() -> int:
+        for _ in range(rounds // batch):
+            fill(batch)
+            empty()
+        return rounds // batch * batch
+
+    cases = [
+        ("sendto (+ a drain per 1000)", "1 datagram per call", sendto_loop, 1),
+        ("sendto + recvfrom", "1 queued", recvfrom_one, 1),
+        ("sendto + recvfrom + recvfrom (EAGAIN)", "1 queued, read until empty", recvfrom_probe, 1),
+        ("sendto + recvmmsg (ctypes)", "1 queued", recvmmsg_one, 1),
+        ("8 x sendto + recvmmsg (ctypes)", "8 queued", recvmmsg_eight, 1),
+        ("8 x sendto + 9 x recv", "8 queued, read until empty", drain_only, 1),
+        ("sendmmsg (ctypes) + 2 x recv", "1 per call", sendmmsg_batch(1), 1),
+        ("sendmmsg (ctypes) + 9 x recv", "8 per call", sendmmsg_batch(batch), 1),
+    ]
+    if (os.cpu_count() or 1) > 1 and not os.environ.get("NOPIN"):
+        os.sched_setaffinity(0, {0})
+    print(f"load average before: {_load()}")
+    print(f"{'calls':<40} {'queue':<28} {'us/datagram':>11}")
+    for name, queue, run, _ in cases:
+        before = time.process_time()
+        count = run()
+        spent = time.process_time() - before
+        empty()
+        print(f"{name:<40} {queue:<28} {1e6 * spent / count:>11.2f}", flush=True)
+    print(f"load average after: {_load()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="100,250,500,750,1000,1250,1500")
@@ -234,7 +479,13 @@ def main() -> None:
                         help="what relays: pbxd's MediaRelay (its sockets in one shared epoll set, or"
                              " a Twisted port each), or a bare epoll loop for comparison")
     parser.add_argument("--all", action="store_true", help="run every step, even after one fails")
-    parser.add_argument("--burst", type=int, default=0, help="datagrams read per wake-up and socket at most")
+    parser.add_argument("--burst", type=int, default=0,
+                        help="datagrams read per wake-up at most (shared epoll set), per socket (Twisted ports)")
+    parser.add_argument("--inproc", action="store_true",
+                        help="CPU per relayed packet of pbxd's packet path alone, in this process: no reactor,"
+                             " no second process, no scheduling (steady figures for before/after comparisons)")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="what each socket call costs here, including recvmmsg/sendmmsg through ctypes")
     parser.add_argument("--direct", action="store_true",
                         help="no relay: the phones send to each other (the harness's own floor)")
     parser.add_argument("--phones", action="store_true", help=argparse.SUPPRESS)
@@ -242,15 +493,22 @@ def main() -> None:
     if args.phones:
         phones(args.seconds, args.warmup)
         return
+    if args.syscalls:
+        syscalls()
+        return
+    if args.inproc:
+        in_process([int(step) for step in args.steps.split(",")], args.seconds)
+        return
 
     import attrs
     from twisted.internet import reactor
     from twisted.internet.threads import blockingCallFromThread
 
     from pbxd.media.ports import PortPool
-    from pbxd.media.relay import MediaRelay, RelayOptions
+    from pbxd.media.relay import MediaRelay, RelayOptions, SharedPoller
     from pbxd.sip.sdp import Codec
 
+    print(f"load average before: {_load()}")
     if (os.cpu_count() or 1) > 1 and not os.environ.get("NOPIN"):
         os.sched_setaffinity(0, {0})
     child = subprocess.Popen(
@@ -272,8 +530,10 @@ def main() -> None:
         for _ in range(count):
             relay = MediaRelay.open(reactor, pool, engine_options)
             if args.burst:
+                if args.engine == "pbxd":
+                    SharedPoller.of(reactor).budget = args.burst
                 for leg in relay.legs:
-                    leg._rtp.read_burst = args.burst
+                    leg._rtp.read_burst = args.burst  # Twisted ports only
             relay.a.set_remote((HOST, phone_a), codecs)
             relay.b.set_remote((HOST, phone_b), codecs)
             relays.append(relay)
@@ -323,6 +583,7 @@ def main() -> None:
               f"{'pass' if passed else 'FAIL'}", flush=True)
         if not passed and not args.all:
             break
+    print(f"load average after: {_load()}")
     child.stdin.close()
     child.wait(timeout=10)
     reactor.callFromThread(reactor.stop)
