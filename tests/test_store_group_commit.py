@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 from pbxd.store import Binding, Extension, ExtensionSpec, Store, StoreError
 
@@ -66,8 +67,7 @@ async def test_writes_made_together_share_few_commits_and_fire_after_theirs(stor
         writes.append(store.upsert_phone(extension=str(1000 + number), ip="203.0.113.7",
                                          seen_at=1000.0))
     await defer.gatherResults(writes)
-    # The first write goes alone (the writer was idle); the others queue behind it.
-    assert store.group_commits == 2
+    assert store.group_commits == 1  # all made in one turn of the reactor
     assert store.grouped_writes == 200
     assert len(seen_when_fired) == 100 and all(seen_when_fired.values())
     assert len(committed_aors(path)) == 100
@@ -75,7 +75,19 @@ async def test_writes_made_together_share_few_commits_and_fire_after_theirs(stor
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_idle_store_writes_at_once(store_file) -> None:
+async def test_writes_that_arrive_while_a_group_is_written_make_the_next_group(store_file) -> None:
+    store, path = store_file
+    first = binding("1001")
+    writing = store.apply_bindings(first.aor, [first], [])
+    await deferLater(reactor, 0, lambda: None)  # the first group is in the thread now
+    later = [store.apply_bindings(b.aor, [b], []) for b in (binding(str(n)) for n in range(50))]
+    await defer.gatherResults([writing, *later])
+    assert (store.group_commits, store.grouped_writes) == (2, 51)
+    assert len(committed_aors(path)) == 51
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_store_writes_each_turn_s_writes_alone(store_file) -> None:
     store, path = store_file
     for number in range(3):
         b = binding(str(number))
@@ -122,7 +134,7 @@ async def test_a_write_that_fails_on_its_own_fails_alone(store_file) -> None:
 
     first, second = binding("1001"), binding("1002")
     writes = [
-        store.apply_bindings(first.aor, [first], []),  # goes alone; the rest queue behind it
+        store.apply_bindings(first.aor, [first], []),  # the four share one transaction
         store.apply_bindings(second.aor, [second], []),
         store._grouped("bad_port", bad_port),
         store.upsert_phone(extension="1002", ip="203.0.113.7", seen_at=1000.0),
@@ -139,7 +151,8 @@ async def test_calls_after_queued_writes_see_them(store_file) -> None:
     store, _ = store_file
     a, b = binding("1001"), binding("1002", aor=f"sip:1001@{REALM}",
                                     contact_uri="sip:1001@192.168.1.51:5060")
-    writing = store.apply_bindings(a.aor, [a], [])  # in the thread
+    writing = store.apply_bindings(a.aor, [a], [])
+    await deferLater(reactor, 0, lambda: None)  # a group in the thread
     queued = store.apply_bindings(b.aor, [b], [])  # waiting for it
     listed = await store.bindings_for(a.aor)  # asked after both: sees both
     assert {x.contact_uri for x in listed} == {a.contact_uri, b.contact_uri}
@@ -179,3 +192,12 @@ async def test_extension_listeners_hear_committed_changes(store_file) -> None:
     await store.delete_extension("1001")
     assert [(number, None if e is None else e.enabled) for number, e in heard] == [
         ("1001", True), ("1002", True), ("1003", True), ("1003", False), ("1001", None)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_in_the_same_turn_as_a_write_sees_it(store_file) -> None:
+    store, _ = store_file
+    b = binding("1001")
+    written = store.apply_bindings(b.aor, [b], [])  # waiting for the end of the turn
+    assert [x.contact_uri for x in await store.bindings_for(b.aor)] == [b.contact_uri]
+    assert written.called

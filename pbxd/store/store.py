@@ -9,12 +9,12 @@ operation and the file; the interaction functions (``_*`` below) run in the
 pool thread and touch nothing but their connection and arguments.
 
 Writes on the REGISTER path (bindings, registered phones) are group-committed:
-while one transaction of them is in the thread, the next ones queue, and
-when it is back everything queued goes in one transaction, each write in a
-savepoint of its own. A hand-off to the thread and a commit cost far more
-than a row, so under load this turns one of each per REGISTER into one per
-batch; when idle a write still goes at once, alone. A write's Deferred fires
-only after the commit of the transaction that holds it.
+writes made in one turn of the reactor go together, and while one
+transaction of them is in the thread the next ones queue; when it is back
+everything queued goes in one transaction, each write in a savepoint of its
+own. A hand-off to the thread and a commit cost far more than a row, so under
+load this turns one of each per REGISTER into one per batch. A write's
+Deferred fires only after the commit of the transaction that holds it.
 
 Other parts of pbxd keep a copy of the extensions in memory (the directory
 that answers digest lookups): :attr:`Store.extension_listeners` are told of
@@ -59,6 +59,13 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 # listener(number, extension): told after a committed change; None when deleted.
 ExtensionListener = Callable[[str, "Extension | None"], None]
+
+# How long a write waits for company when the writer is idle: to the end of
+# the reactor's turn, so that the REGISTERs of one read share a hand-off and a
+# commit. (While a group is in the thread the next one gathers anyway, for as
+# long as that one takes.) A window of 2 ms instead showed no CPU saved at
+# 500-1000 REGISTER/s and adds its length to every 200.
+GROUP_WINDOW = 0.0
 
 # sqlite3 errors that concern one write of a group (a constraint, a bad value):
 # that write is rolled back to its savepoint and the others go on. Any other
@@ -261,6 +268,7 @@ class Store:
         # them in the pool thread now.
         self._queued: list[_QueuedWrite] = []
         self._groups_in_thread = 0
+        self._window: Any = None  # the IDelayedCall that ends the gathering window
         self.group_commits = 0  # transactions of grouped writes committed
         self.grouped_writes = 0  # writes they held
 
@@ -392,15 +400,23 @@ class Store:
         self._queued.append(_QueuedWrite(operation, interaction, done))
         self._pending.add(done)
         done.addBoth(self._forget, done)
-        if not self._groups_in_thread:
-            self._write_queued()  # idle: no reason to wait for company
+        if not self._groups_in_thread and self._window is None:
+            self._window = self._reactor.callLater(GROUP_WINDOW, self._window_ended)
         return done
+
+    def _window_ended(self) -> None:
+        self._window = None
+        if self._queued and not self._groups_in_thread:
+            self._write_queued()
 
     def _forget(self, result: T, d: defer.Deferred) -> T:
         self._pending.discard(d)
         return result
 
     def _write_queued(self) -> None:
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
         group, self._queued = self._queued, []
         self._groups_in_thread += 1
         d = self._pool.runInteraction(_write_group, [write.interaction for write in group])
