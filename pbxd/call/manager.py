@@ -161,6 +161,9 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self.legs: set[Leg] = set()
         self._leg_of: dict[Dialog, Leg] = {}
+        # The other way round (a forked outbound leg has several early dialogs), so that
+        # a leg's end does not walk every dialog of every live call.
+        self._dialogs_of: dict[Leg, list[Dialog]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         self._routing: dict[ServerTransaction, defer.Deferred[Any]] = {}
         self._writes: set[defer.Deferred[Any]] = set()
@@ -193,7 +196,13 @@ class CallManager:
     def bind_dialog(self, dialog: Dialog, leg: Leg) -> None:
         if self.dialogs.get(dialog.id) is None:
             self.dialogs.add(dialog)
+        previous = self._leg_of.get(dialog)
+        if previous is leg:
+            return
+        if previous is not None:
+            self._dialogs_of[previous].remove(dialog)
         self._leg_of[dialog] = leg
+        self._dialogs_of.setdefault(leg, []).append(dialog)
 
     def leg_for_dialog(self, dialog_id: DialogId) -> Leg | None:
         dialog = self.dialogs.get(dialog_id)
@@ -206,7 +215,7 @@ class CallManager:
 
     def leg_ended(self, leg: Leg) -> None:
         self.legs.discard(leg)
-        for dialog in [d for d, owner in self._leg_of.items() if owner is leg]:
+        for dialog in self._dialogs_of.pop(leg, ()):
             del self._leg_of[dialog]
             dialog.terminate()
 

@@ -1,0 +1,80 @@
+"""The call manager's dialog <-> leg maps are emptied as legs end.
+
+A leg's end looks up its own dialogs instead of walking every dialog of every
+live call (that walk made each hang-up cost O(live calls)); these tests check
+that nothing stays behind in either map, for an answered call and for a forked
+call where the leg that lost had an early dialog of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from call_support import (
+    CALLER_HANGS_UP,
+    WAIT_FOR_BYE,
+    callee,
+    callee_ok,
+    caller,
+    drained,
+    pbx_config,
+    start_pbx,
+)
+from pbxd.service import PbxService
+from sipp_runner import requires_sipp
+
+pytestmark = [requires_sipp, pytest.mark.sipp]
+
+
+@pytest_twisted.async_yield_fixture
+async def pbx(tmp_path: Path):
+    service = await start_pbx(pbx_config(tmp_path / "data"))
+    yield service
+    if service.running:
+        await service.stopService()
+
+
+def assert_maps_empty(pbx: PbxService) -> None:
+    manager = pbx.calls.manager
+    assert manager._leg_of == {}
+    assert manager._dialogs_of == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answered_call_leaves_no_dialog_of_a_leg(pbx: PbxService, tmp_path: Path) -> None:
+    answering = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=WAIT_FOR_BYE)
+    result = await caller(pbx, tmp_path, "1001", "1002", "udp", CALLER_HANGS_UP)
+    assert result.ok, result.explain()
+    done = await answering
+    assert callee_ok(done), done.explain()
+    await drained(pbx)
+    assert_maps_empty(pbx)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forked_call_leaves_no_early_dialog_of_the_losing_leg(pbx: PbxService, tmp_path: Path) -> None:
+    ringing = await callee(pbx, tmp_path, "1002", "udp", "uas_ring.xml", name="ringing")
+    answering = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", name="answering",
+                             hangup=WAIT_FOR_BYE)
+    manager = pbx.calls.manager
+    bound: list[int] = []
+    original = manager.bind_dialog
+
+    def counting(dialog, leg):  # type: ignore[no-untyped-def]
+        bound.append(id(dialog))
+        original(dialog, leg)
+
+    manager.bind_dialog = counting
+    result = await caller(pbx, tmp_path, "1001", "1002", "udp", CALLER_HANGS_UP)
+    assert result.ok, result.explain()
+    for phone in (ringing, answering):
+        done = await phone
+        assert callee_ok(done), done.explain()
+    # The caller's leg and the answering callee's had dialogs bound (the ringing
+    # callee's too when its 180 came before the answer); every one is gone.
+    assert len(set(bound)) >= 2
+    await drained(pbx)
+    assert_maps_empty(pbx)
