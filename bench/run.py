@@ -94,6 +94,9 @@ class Step:
     retransmissions: int
     elapsed: float
     pbxd_cpu_pct: float | None
+    # pbxd's CPU time per successful call (or registration), ms: what one costs, and less
+    # disturbed by a busy machine than the highest passing rate.
+    pbxd_cpu_ms: float | None
     # Time pbxd was runnable but waited for a CPU, % of wall time: when it is high, the
     # machine was busy with other work and the step says little about pbxd.
     pbxd_wait_pct: float | None
@@ -202,7 +205,8 @@ def answers_options(host: str, port: int) -> bool:
 class Pbxd:
     """``twistd -n pbxd -c bench/configs/bench.yml`` on a free port, in a scratch directory."""
 
-    def __init__(self, workdir: Path, config: Path = CONFIG, cprofile: bool = False) -> None:
+    def __init__(self, workdir: Path, config: Path = CONFIG, cprofile: bool = False,
+                 probe: bool = False, tracemalloc: bool = False) -> None:
         self.port = free_port()
         self.log = (workdir / "pbxd.log").open("w")
         # twistd's own profiler option: cProfile over the whole run, saved at exit.
@@ -210,8 +214,15 @@ class Pbxd:
         profiling = [f"--profile={self.cprofile}", "--profiler=cprofile", "--savestats"] if cprofile else []
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        # With probe, bench/memprobe.py answers SIGUSR2 with a snapshot of pbxd's objects.
+        self.snapshot_path = workdir / "snapshot.json" if probe else None
+        boot = "from twisted.scripts.twistd import run; run()"
+        if probe:
+            boot = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import memprobe;"
+                    f" memprobe.install({str(self.snapshot_path)!r}); {boot}")
+            env["PBXD_BENCH_TRACEMALLOC"] = "1" if tracemalloc else "0"
         self.process = subprocess.Popen(
-            [*pinned(0), sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            [*pinned(0), sys.executable, "-c", boot,
              "-n", "--pidfile=", *profiling, "pbxd", "-c", str(config), "--sip-port", str(self.port),
              "--data-dir", str(workdir / "data"), "--http-port", "0"],
             cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -225,6 +236,19 @@ class Pbxd:
     @property
     def pid(self) -> int:
         return self.process.pid  # taskset execs the command: same process
+
+    def snapshot(self, timeout: float = 60.0) -> dict[str, Any] | None:
+        """pbxd's live objects by type (and its traced heap), from bench/memprobe.py."""
+        if self.snapshot_path is None:
+            return None
+        self.snapshot_path.unlink(missing_ok=True)
+        self.process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while not self.snapshot_path.exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                return None
+            time.sleep(0.05)
+        return json.loads(self.snapshot_path.read_text())  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -339,10 +363,11 @@ def run_step(benchmark: str, workdir: Path, scenario: Path, host: str, port: int
     ], timeout=duration * 3 + 30)
     if profiler is not None:
         profiler.report()
-    cpu = wait = rss = None
+    cpu = cpu_ms = wait = rss = None
     if pbxd is not None and before is not None:
         wall = time.monotonic() - before[2]
-        cpu = round(100.0 * (cpu_seconds(pbxd.pid) - before[0]) / wall, 1)
+        used = cpu_seconds(pbxd.pid) - before[0]
+        cpu = round(100.0 * used / wall, 1)
         wait = round(100.0 * (runqueue_wait_seconds(pbxd.pid) - before[1]) / wall, 1)
         rss = round(rss_mb(pbxd.pid), 1)
     stats_path = workdir / "stats.csv"
@@ -351,6 +376,8 @@ def run_step(benchmark: str, workdir: Path, scenario: Path, host: str, port: int
     stats = sipp_stats(stats_path)
     successful = int(stats["SuccessfulCall(C)"])
     failed = int(stats["FailedCall(C)"])
+    if pbxd is not None and successful:
+        cpu_ms = round(1000.0 * used / successful, 2)
     # ElapsedTime counts whole seconds: the start and end stamps say more.
     elapsed = stats_seconds(stats["CurrentTime"]) - stats_seconds(stats["StartTime"])
     return Step(
@@ -359,7 +386,7 @@ def run_step(benchmark: str, workdir: Path, scenario: Path, host: str, port: int
         achieved=round(successful / elapsed, 1) if elapsed else 0.0,
         requests=(successful + failed) * requests_per_call(scenario),
         retransmissions=int(stats["Retransmissions(C)"]), elapsed=round(elapsed, 3),
-        pbxd_cpu_pct=cpu, pbxd_wait_pct=wait, pbxd_rss_mb=rss, latency_ms=response_times(workdir),
+        pbxd_cpu_pct=cpu, pbxd_cpu_ms=cpu_ms, pbxd_wait_pct=wait, pbxd_rss_mb=rss, latency_ms=response_times(workdir),
         sipp_exit=done.returncode,
     )
 
@@ -621,8 +648,9 @@ def bench_memory(workdir: Path, host: str, port: int, args: argparse.Namespace,
         print(f"\nmemory over {args.transport}: rounds of {calls} calls held up at once"
               f" (set up at {rate}/s, held {hold:.0f} s), pbxd's RSS in MB")
         print(f"{'round':>5} {'calls':>6} {'failed':>6} {'before':>8} {'peak':>8} {'drained':>8}"
-              f" {'kB/call':>8}  {'drain s':>7}")
+              f" {'kB/call':>8}  {'drain s':>7} {'objs/call':>9} {'objs left':>11} {'heap kB/c':>10}")
         time.sleep(1.0)
+        start_snapshot = pbxd.snapshot()
         for number in range(1, args.rounds + 1):
             round_dir = workdir / f"memory-{number}"
             round_dir.mkdir(parents=True)
@@ -637,24 +665,55 @@ def bench_memory(workdir: Path, host: str, port: int, args: argparse.Namespace,
                  str(round_dir / "errors.log"), *call_keys(port)],
                 cwd=round_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             peak = before
+            held_at = time.monotonic() + ramp + 1.5  # every call up, none hung up yet
+            held = None
             while sipp.poll() is None:
                 peak = max(peak, rss_mb(pbxd.pid))
+                if held is None and time.monotonic() >= held_at:
+                    held = (rss_mb(pbxd.pid), pbxd.snapshot())
                 time.sleep(0.1)
             ended = time.monotonic()
-            # Drained: RSS stops moving once the calls' transactions and timers are gone
-            # (over UDP a BYE's server transaction stays 32 s, Timer J, RFC 3261 §17.2.2).
-            settle = 35.0 if args.transport == "udp" else 3.0
+            # Drained: once the calls' transactions and timers are gone. An INVITE
+            # transaction with a 2xx stays 64*T1 = 32 s over any transport (Timers L and
+            # M, RFC 6026 §7.1), a BYE's over UDP too (Timer J, RFC 3261 §17.2.2).
+            settle = 35.0
             time.sleep(settle)
             drained = rss_mb(pbxd.pid)
+            after = pbxd.snapshot()
             stats = sipp_stats(round_dir / "stats.csv")
             successful, failed = int(stats["SuccessfulCall(C)"]), int(stats["FailedCall(C)"])
             per_call = 1024 * (peak - before) / successful if successful else float("nan")
-            results.append({"round": number, "calls": successful, "failed": failed,
-                            "rss_before_mb": round(before, 1), "rss_peak_mb": round(peak, 1),
-                            "rss_drained_mb": round(drained, 1), "kb_per_call": round(per_call, 1),
-                            "drain_seconds": round(time.monotonic() - ended, 1)})
+            result: dict[str, Any] = {
+                "round": number, "calls": successful, "failed": failed,
+                "rss_before_mb": round(before, 1), "rss_held_mb": round(held[0], 1) if held else None,
+                "rss_peak_mb": round(peak, 1), "rss_drained_mb": round(drained, 1),
+                "kb_per_call": round(per_call, 1), "drain_seconds": round(time.monotonic() - ended, 1)}
+            snapshots = {"before": start_snapshot, "held": held[1] if held else None, "drained": after}
+            result["objects"] = {name: snap["objects"] for name, snap in snapshots.items() if snap}
+            result["traced_mb"] = {name: round(snap["traced_bytes"] / 2**20, 2)
+                                   for name, snap in snapshots.items() if snap and "traced_bytes" in snap}
+            results.append(result)
+            objects = result["objects"]
+            per_call_objects = ((objects["held"] - objects["before"]) / successful
+                                if successful and "held" in objects and "before" in objects else None)
+            traced = result["traced_mb"]
+            traced_per_call = (1024 * (traced["held"] - traced["before"]) / successful
+                               if successful and "held" in traced and "before" in traced else None)
             print(f"{number:>5} {successful:>6} {failed:>6} {before:>8.1f} {peak:>8.1f} {drained:>8.1f}"
-                  f" {per_call:>8.1f}  {settle:>7.0f}", flush=True)
+                  f" {per_call:>8.1f}  {settle:>7.0f}"
+                  f" {maybe_number(per_call_objects):>9} {objects.get('drained', 0) - objects.get('before', 0):>+11}"
+                  f" {'-' if traced_per_call is None else format(traced_per_call, '.1f'):>10}", flush=True)
+            if held and held[1] and start_snapshot and number == 1:
+                growth = {kind: held[1]["types"].get(kind, 0) - start_snapshot["types"].get(kind, 0)
+                          for kind in held[1]["types"]}
+                top = sorted(growth.items(), key=lambda item: -item[1])[:15]
+                print("      objects per held call, by type: " + ", ".join(
+                    f"{kind} {count / successful:.1f}" for kind, count in top if count > 0))
+                if "sites" in held[1]:
+                    print("      biggest heap sites while held (tracemalloc, MB): " + ", ".join(
+                        f"{site.replace(str(REPO) + '/', '')} {size / 2**20:.1f}"
+                        for site, size in list(held[1]["sites"].items())[:8]))
+            start_snapshot = after
     finally:
         answerer.stop()
     return results
@@ -709,7 +768,7 @@ def step_through(benchmark: str, workdir: Path, scenario: Path, host: str, port:
 
 def header() -> str:
     return (f"{'offered/s':>9} {'achieved/s':>10} {'calls':>7} {'failed':>6} {'retrans%':>8}"
-            f" {'pbxd CPU%':>9} {'wait%':>5} {'RSS MB':>7}  {'rt1 p50/p99 ms':>15}  {'rt2 p50/p99 ms':>15}  result")
+            f" {'pbxd CPU%':>9} {'ms/call':>7} {'wait%':>5} {'RSS MB':>7}  {'rt1 p50/p99 ms':>15}  {'rt2 p50/p99 ms':>15}  result")
 
 
 def row(step: Step) -> str:
@@ -722,6 +781,7 @@ def row(step: Step) -> str:
 
     return (f"{step.offered:>9} {step.achieved:>10.0f} {step.successful:>7} {step.failed:>6}"
             f" {step.retransmission_pct:>8.3f} {maybe(step.pbxd_cpu_pct, '.0f'):>9}"
+            f" {maybe(step.pbxd_cpu_ms, '.2f'):>7}"
             f" {maybe(step.pbxd_wait_pct, '.0f'):>5}"
             f" {maybe(step.pbxd_rss_mb, '.1f'):>7}  {rt('1'):>15}  {rt('2'):>15}"
             f"  {'pass' if step.passed else 'FAIL'}")
@@ -745,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=500,
                         help="memory: calls held up at once per round (default 500)")
     parser.add_argument("--rounds", type=int, default=3, help="memory: rounds (default 3)")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="memory: trace pbxd's Python heap too (slows pbxd down)")
     parser.add_argument("--cprofile", action="store_true",
                         help="run pbxd under cProfile and print its top functions when it stops")
     args = parser.parse_args(argv)
@@ -787,7 +849,8 @@ def run_benchmark(benchmark: str, workdir: Path, args: argparse.Namespace) -> li
             raise SystemExit(f"{args.target} does not register {CALLERS[0]} with password"
                              f" {password(CALLERS[0])}: give it bench.yml's extensions")
         return run(workdir, host, int(port), args, None)
-    pbxd = Pbxd(workdir, bench_config(workdir, args.media), cprofile=args.cprofile)
+    pbxd = Pbxd(workdir, bench_config(workdir, args.media), cprofile=args.cprofile,
+                probe=benchmark == "memory", tracemalloc=args.tracemalloc)
     try:
         return run(workdir, "127.0.0.1", pbxd.port, args, pbxd)
     finally:
