@@ -30,6 +30,10 @@ def snapshot() -> dict[str, object]:
     gc.collect()
     objects = gc.get_objects()
     types = collections.Counter(type(o).__qualname__ for o in objects)
+    # Bound methods say who holds a callback (a timer's, a transaction's): by function.
+    methods = collections.Counter(f"method {o.__func__.__qualname__}" for o in objects
+                                  if type(o).__name__ == "method")
+    types.update(methods)
     result: dict[str, object] = {"objects": len(objects), "types": dict(types.most_common(TOP_TYPES * 4))}
     del objects
     if tracemalloc.is_tracing():
