@@ -305,3 +305,66 @@ def test_a_short_nonce_key_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "nonce.key").write_text("abcd\n")
     with pytest.raises(ValueError, match="at least 16"):
         load_nonce_secret(tmp_path)
+
+
+class LaterBackend(DictBackend):
+    """Answers like DictBackend, but only when ``answer_all`` is called (an HTTP backend)."""
+
+    def __init__(self, users: dict[str, str], name: str = STATIC_BACKEND) -> None:
+        super().__init__(users, name)
+        self.waiting: list[tuple[defer.Deferred, UserLookup]] = []
+
+    def lookup(self, username: str, realm: str, request_uri: str | None = None):  # type: ignore[no-untyped-def]
+        answer = super().lookup(username, realm, request_uri)
+        later: defer.Deferred = defer.Deferred()
+        self.waiting.append((later, answer.result))
+        return later
+
+    def answer_all(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for later, answer in waiting:
+            later.callback(answer)
+
+
+def counting_verify(rig: Rig) -> list[str]:
+    passes: list[str] = []
+    verify = rig.auth.authenticator.verify
+
+    def counted(request, credentials, ha1_lookup):  # type: ignore[no-untyped-def]
+        passes.append(credentials.username)
+        return verify(request, credentials, ha1_lookup)
+
+    rig.auth.authenticator.verify = counted  # type: ignore[method-assign]
+    return passes
+
+
+def test_a_backend_that_answers_at_once_needs_one_verify_pass(rig: Rig) -> None:
+    passes = counting_verify(rig)
+    assert rig.login("1001", "right-1001") is None
+    assert rig.results[-1].username == "1001"
+    assert passes == ["1001"] and rig.backend.lookups == ["1001"]
+    assert rig.login("1001", "wrong").status == 403
+    assert rig.login("nobody", "whatever").status == 403
+    assert passes == ["1001", "1001", "nobody"]
+
+
+@pytest.mark.parametrize(("user", "password", "outcome"), [
+    ("1001", "right-1001", "ok"), ("1001", "wrong", 403), ("nobody", "x", 403)])
+def test_a_backend_that_answers_later_is_verified_once_it_has(user: str, password: str,
+                                                               outcome: int | str) -> None:
+    rig = Rig()
+    rig.backend = rig.auth.backends = LaterBackend({"1001": "right-1001"})  # type: ignore[assignment]
+    passes = counting_verify(rig)
+    offered = rig.challenge(user)
+    before = len(rig.transport.sent)
+    rig.core.layer.receive(parse_message(register(user, answer(offered, user, password), cseq=2)
+                                         .to_bytes()), PHONE)
+    assert len(rig.transport.sent) == before and len(rig.results) == 1  # waiting for the backend
+    assert rig.backend.lookups == [user] and passes == [user]
+    rig.backend.answer_all()
+    assert passes == [user, user]
+    if outcome == "ok":
+        assert rig.results[-1].username == user and len(rig.transport.sent) == before
+    else:
+        assert rig.results[-1] is None
+        assert rig.transport.sent[-1].message.status == outcome

@@ -164,12 +164,26 @@ class RequestAuthenticator:
             self.counts[Refusal.CHALLENGED.value] += 1
             self._challenge(txn, proxy)
             return None
-        # A first pass with no user known stops at the lookup if everything
-        # before it is right; any other outcome needs no backend at all.
-        shape = self.authenticator.verify(request, credentials, _no_user)
-        if shape.outcome is not AuthOutcome.UNKNOWN_USER:
-            return self._outcome(txn, credentials, shape.outcome, shape.reason, proxy, None)
-        lookup = await self.backends.lookup(credentials.username, self.realm, request.uri)
+        # The backend is asked from inside verify, which asks for the HA1 only
+        # once everything before it is right: garbage costs no lookup. A
+        # backend that answers at once (the in-memory directory, a cached
+        # HTTP answer) lets this one pass decide; otherwise the pass ends as
+        # "unknown user", and the answer, once in, is verified in a second.
+        asked: list[defer.Deferred[UserLookup]] = []
+        answered: list[UserLookup] = []
+
+        def ha1_now(username: str, realm: str, algorithm: str) -> str | None:
+            if not asked:
+                pending = self.backends.lookup(credentials.username, self.realm, request.uri)
+                asked.append(pending.addCallback(_kept, answered))
+            record = answered[0].user if answered else None
+            return record.ha1_for(algorithm) if record is not None else None
+
+        first = self.authenticator.verify(request, credentials, ha1_now)
+        if not asked:
+            return self._outcome(txn, credentials, first.outcome, first.reason, proxy, None)
+        decided = bool(answered)
+        lookup = answered[0] if decided else await asked[0]
         if lookup.status is LookupStatus.UNAVAILABLE:
             return self._refuse(txn, Refusal.UNAVAILABLE, username,
                                 f"user backend {lookup.backend}: {lookup.reason} {lookup.message}",
@@ -182,11 +196,13 @@ class RequestAuthenticator:
             return self._refuse(txn, Refusal.REFUSED, username,
                                 f"user backend {lookup.backend}: {lookup.reason} {lookup.message}",
                                 status=status)
-        record = lookup.user
-        result = self.authenticator.verify(
-            request, credentials,
-            (lambda name, realm, algorithm: record.ha1_for(algorithm)) if record else _no_user,
-        )
+        result = first
+        if not decided:
+            record = lookup.user
+            result = self.authenticator.verify(
+                request, credentials,
+                (lambda name, realm, algorithm: record.ha1_for(algorithm)) if record else _no_user,
+            )
         return self._outcome(txn, credentials, result.outcome, result.reason or lookup.reason,
                              proxy, lookup)
 
@@ -282,6 +298,11 @@ class RequestAuthenticator:
 
 def _no_user(username: str, realm: str, algorithm: str) -> None:
     return None
+
+
+def _kept(lookup: UserLookup, answers: list[UserLookup]) -> UserLookup:
+    answers.append(lookup)
+    return lookup
 
 
 __all__ = [
