@@ -124,6 +124,20 @@ def test_a_leg_evicted_or_relinked_leaves_its_call_ladder(clock: Clock) -> None:
     assert capture.ladder("other") is None and capture._legs == {}
 
 
+def test_local_sockets_are_named_right_past_the_name_cache(clock: Clock) -> None:
+    # pbxd's socket text is cached per socket; outgoing TCP connections each have their
+    # own port, so the cache is bounded and cleared, and must still name each one right.
+    capture = SipCapture(clock)
+    feed(capture, "in", request("INVITE", "call"))
+    for port in range(40000, 40300):
+        capture("out", request("BYE", "call", to_tag="t"),
+                Target("tcp", "192.0.2.20", 5060, local=("127.0.0.1", port)), b"BYE x\r\n")
+    ladder = capture.ladder("call")
+    assert ladder[0].local == "udp:127.0.0.1:5060"
+    assert [m.local for m in ladder[1:]] == [f"tcp:127.0.0.1:{port}" for port in range(40000, 40099)]
+    assert ladder[1].first_line == "BYE x" and len(capture._local_texts) <= 256
+
+
 def test_broken_messages_and_peers_never_raise(clock: Clock) -> None:
     capture = SipCapture(clock)
     broken = request("INVITE", "x")

@@ -36,6 +36,7 @@ log = Logger()
 
 IN = "in"
 OUT = "out"
+_MAX_LOCAL_TEXTS = 256
 
 
 @attrs.frozen
@@ -99,6 +100,7 @@ class SipCapture:
         # A call's Call-ID -> its legs' Call-IDs (see link): finding a call's legs must not
         # walk every captured call, which made each call's end cost O(max_calls).
         self._legs: dict[str, list[str]] = {}
+        self._local_texts: dict[tuple[str, Any], str] = {}
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -133,14 +135,26 @@ class SipCapture:
         if len(call.messages) >= self.max_messages or call.size + len(data) > self.max_bytes:
             call.dropped += 1
             return
-        local = getattr(peer, "local", None)
-        transport = getattr(peer, "transport", "")
-        local_text = str(Target(transport, *local)) if local and transport else "pbxd"
         text = data.decode("utf-8", errors="replace")
-        first_line = text.split("\r\n", 1)[0]
-        call.messages.append(CapturedMessage(now, direction, str(peer), local_text, call_id,
+        end = text.find("\r\n")
+        first_line = text if end < 0 else text[:end]
+        call.messages.append(CapturedMessage(now, direction, str(peer), self._local_text(peer), call_id,
                                              first_line, text))
         call.size += len(data)
+
+    def _local_text(self, peer: Any) -> str:
+        """pbxd's socket as text: one string per socket, shared by its messages."""
+        local = getattr(peer, "local", None)
+        transport = getattr(peer, "transport", "")
+        if not (local and transport):
+            return "pbxd"
+        key = (transport, local)
+        text = self._local_texts.get(key)
+        if text is None:
+            if len(self._local_texts) >= _MAX_LOCAL_TEXTS:
+                self._local_texts.clear()  # outgoing TCP/TLS connections each have a port
+            text = self._local_texts[key] = str(Target(transport, *local))
+        return text
 
     # -- the call layer ------------------------------------------------------------
 
