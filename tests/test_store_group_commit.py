@@ -110,6 +110,7 @@ async def test_a_failed_commit_fails_every_write_of_the_group_and_keeps_none(tmp
             assert failure.check(StoreError)
             assert "apply_bindings" in str(failure.value) and "locked" in str(failure.value)
         assert store.group_commits == 0
+        assert store.errors == 30  # each write failed, as it would have alone
         other.execute("ROLLBACK")
         assert committed_aors(path) == set()
         # The lock gone, the same store writes again.

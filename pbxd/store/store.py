@@ -438,7 +438,7 @@ class Store:
         self._groups_in_thread -= 1
         error = failure.value
         if isinstance(error, sqlite3.Error):
-            self.errors += 1
+            self.errors += len(group)  # operations that failed, as for calls made alone
             log.error("store {path}: a group of {count} writes failed: {error}", path=self.path,
                       count=len(group), error=error)
         for write in group:
