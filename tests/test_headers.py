@@ -6,7 +6,9 @@ import pytest
 
 from pbxd.sip.errors import SipParseError
 from pbxd.sip.headers import (
+    _PLAIN_SIP_NAME_ADDR,
     Address,
+    _parse_address_general,
     CSeq,
     Via,
     canonical_name,
@@ -303,3 +305,30 @@ def test_via_rport_is_checked_whatever_its_case() -> None:
     with pytest.raises(SipParseError, match="bad rport"):
         Via.parse("SIP/2.0/UDP h.example.com;branch=z9hG4bK1;RPORT=x")
     assert Via.parse("SIP/2.0/UDP h.example.com;branch=z9hG4bK1;RPort=5062").rport == 5062
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<sip:alice@atlanta.example.com>",
+        "Alice <sip:alice@atlanta.example.com>;tag=1928301774",
+        '"Alice Liddell" <SIP:alice@192.0.2.1:5070;transport=TCP;lr>;expires=60;q=0.5',
+        "Bob\t Smith  <sips:bob@biloxi.example.com.>",
+        "<sip:192.0.2.4:5060;transport=udp>;expires=3600",
+        "<sip:bob;x=y@example.com>;+sip.instance=x",
+        "<sip:bob@example.com:0>",
+        "<sip:bob@example.com:65536>",
+        "<sip:bob@example.com:065535>",
+    ],
+)
+def test_name_addr_fast_path_agrees_with_the_general_parser(text: str) -> None:
+    # The one-regex path for <sip:...> must give what the careful path gives,
+    # errors included (a port out of range fits the pattern but is refused).
+    try:
+        expected = _parse_address_general(text)
+    except SipParseError:
+        with pytest.raises(SipParseError, match="bad port"):
+            Address.parse(text)
+        return
+    assert _PLAIN_SIP_NAME_ADDR.fullmatch(text) is not None
+    assert Address.parse(text) == expected

@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from pbxd.sip.errors import SipParseError
-from pbxd.sip.uri import AbsoluteURI, SipURI, TelURI, bare_host, parse_uri, split_hostport, validate_host
+from pbxd.sip.headers import Address
+from pbxd.sip.uri import (
+    _URI_CACHE,
+    URI_CACHE_SIZE,
+    AbsoluteURI,
+    SipURI,
+    TelURI,
+    bare_host,
+    parse_uri,
+    split_hostport,
+    validate_host,
+)
 
 
 def sip(text: str) -> SipURI:
@@ -196,3 +207,18 @@ def test_absolute_uris() -> None:
 def test_malformed_absolute_uris(text: str) -> None:
     with pytest.raises(SipParseError):
         parse_uri(text)
+
+
+def test_uri_cache_stays_bounded_and_errors_are_not_kept() -> None:
+    for i in range(URI_CACHE_SIZE + 10):
+        parse_uri(f"sip:user{i}@cache.example.com")
+    assert len(_URI_CACHE) <= URI_CACHE_SIZE
+    with pytest.raises(SipParseError):
+        parse_uri("sip:bad host@example.com")
+    assert "sip:bad host@example.com" not in _URI_CACHE
+
+
+def test_name_addr_fast_path_shares_parsed_uris() -> None:
+    # The To URI of an initial request is usually its Request-URI too.
+    address = Address.parse("Bob <sip:bob-shared@biloxi.example.com>;tag=1")
+    assert parse_uri("sip:bob-shared@biloxi.example.com") is address.uri

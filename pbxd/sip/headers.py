@@ -16,14 +16,17 @@ from pbxd.sip.uri import (
     plain_hostport,
     HOSTNAME_PATTERN,
     IPV4_PATTERN,
+    PLAIN_SIP_PATTERN,
     URI,
     Params,
     SipURI,
     _find_param,
     _format_params,
     _split_params,
+    _URI_CACHE,
     is_ascii_digits,
     parse_uri,
+    remember_uri,
     split_hostport,
 )
 
@@ -104,6 +107,12 @@ _PLAIN_PARAMS = re.compile(_PLAIN_PARAMS_PATTERN)
 _PLAIN_NAME_ADDR = re.compile(
     rf'(?:"([^"\\]*)"[ \t]*|([{_TOKEN_CHARS}]+(?:[ \t]+[{_TOKEN_CHARS}]+)*)[ \t]*)?'
     rf"<([^<>\"\s]+)>({_PLAIN_PARAMS_PATTERN})"
+)
+# The same with a plain sip: or sips: URI inside the brackets (the pattern of
+# uri._PLAIN_SIP), so that the commonest From, To and Contact take one match.
+_PLAIN_SIP_NAME_ADDR = re.compile(
+    rf'(?:"([^"\\]*)"[ \t]*|([{_TOKEN_CHARS}]+(?:[ \t]+[{_TOKEN_CHARS}]+)*)[ \t]*)?'
+    rf"<([Ss][Ii][Pp][Ss]?):{PLAIN_SIP_PATTERN}>({_PLAIN_PARAMS_PATTERN})"
 )
 _PLAIN_ADDR_SPEC = re.compile(rf"([A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s;?,]+)({_PLAIN_PARAMS_PATTERN})")
 # "SIP/2.0/UDP host:port;branch=...;rport" without LWS, quotes or IPv6.
@@ -447,6 +456,20 @@ ADDRESS_CACHE_SIZE = 4096
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def _parse_address(text: str) -> Address:
+    plain = _PLAIN_SIP_NAME_ADDR.fullmatch(text)
+    if plain is not None:
+        quoted, tokens, scheme, user, host, ipv4, port_text, uri_params, param_text = plain.groups()
+        uri_text = text[plain.start(3) : plain.end(8)]
+        uri = _URI_CACHE.get(uri_text)
+        if uri is None:
+            host, port = plain_hostport(host, ipv4, port_text, uri_text)
+            params = _split_params(uri_params) if uri_params else ()
+            uri = SipURI(host, user, None, port, params, (), scheme.lower())
+            remember_uri(uri_text, uri)
+        display = quoted
+        if tokens is not None:
+            display = " ".join(tokens.split()) if " " in tokens or "\t" in tokens else tokens
+        return Address(uri, display, _split_params(param_text) if param_text else ())
     plain = _PLAIN_NAME_ADDR.fullmatch(text)
     if plain is not None:
         quoted, tokens, uri_text, param_text = plain.groups()

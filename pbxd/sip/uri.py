@@ -10,7 +10,6 @@ rather than character by character.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from typing import Union
@@ -45,12 +44,15 @@ HOSTNAME_PATTERN = (
 # IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT, each at most 255.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
 IPV4_PATTERN = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
-_PLAIN_SIP = re.compile(
+# Five groups: user, hostname, IPv4 address, port, parameters. The header
+# parser embeds it in its name-addr fast path.
+PLAIN_SIP_PATTERN = (
     r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)@)?"
     rf"(?:({HOSTNAME_PATTERN})|({IPV4_PATTERN}))"
     r"(?::([0-9]{1,5}))?"
     r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)"
 )
+_PLAIN_SIP = re.compile(PLAIN_SIP_PATTERN)
 _HOSTNAME = re.compile(HOSTNAME_PATTERN)
 _IPV4 = re.compile(IPV4_PATTERN)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
@@ -82,6 +84,9 @@ def _format_params(params: Params) -> str:
 
 def _split_params(text: str) -> Params:
     """Split an already validated ``;a=b;c`` into ((name, value-or-None), ...)."""
+    if text.find(";", 1) < 0:  # one parameter, as with most tags and branches
+        name, eq, value = text[1:].partition("=")
+        return ((name, value if eq else None),)
     params = []
     for part in text[1:].split(";"):
         name, eq, value = part.partition("=")
@@ -279,13 +284,32 @@ _NOT_IN_URI = frozenset(" \t\r\n<>\"\\^`{|}\x7f") | frozenset(chr(c) for c in ra
 
 # URIs are immutable and the same few recur in message after message (every
 # phone's AOR and Contact, every request of a dialog), so parsed ones are kept.
-# Errors are not cached: a bad URI is parsed (and refused) every time.
+# Errors are not cached: a bad URI is parsed (and refused) every time. A plain
+# dict rather than functools.lru_cache, so that the name-addr fast path in
+# headers.py can look up (``_URI_CACHE``) and store (:func:`remember_uri`) the
+# URIs it parses itself; when full it is emptied, which costs less per message
+# than keeping an LRU order.
 URI_CACHE_SIZE = 4096
+_URI_CACHE: dict[str, "URI"] = {}
 
 
-@functools.lru_cache(maxsize=URI_CACHE_SIZE)
+def remember_uri(text: str, uri: URI) -> None:
+    """Keep a URI parsed from ``text`` for the next :func:`parse_uri`."""
+    if len(_URI_CACHE) >= URI_CACHE_SIZE:
+        _URI_CACHE.clear()
+    _URI_CACHE[text] = uri
+
+
 def parse_uri(text: str) -> URI:
     """Parse a Request-URI or the URI inside a name-addr."""
+    uri = _URI_CACHE.get(text)
+    if uri is None:
+        uri = _parse_uri_uncached(text)
+        remember_uri(text, uri)
+    return uri
+
+
+def _parse_uri_uncached(text: str) -> URI:
     scheme, colon, rest = text.partition(":")
     lowered = scheme.lower()
     if lowered == "sip" or lowered == "sips":
