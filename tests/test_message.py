@@ -59,6 +59,22 @@ def test_request_and_typed_accessors() -> None:
     assert msg.body == SDP
 
 
+def test_addresses_built_on_first_read_equal_those_parsed_at_once() -> None:
+    # From, To and Contact are checked while parsing but built when first read;
+    # copies and responses made before that must read the same addresses.
+    contacts = ["<sip:alice@192.0.2.1:5070;transport=tcp>;expires=60", '"Al" <sips:al@example.com>;q=0.5']
+    data = invite(*[f"Contact: {c}" for c in contacts], without=("Contact",))
+    msg = parse_message(data)
+    twin = msg.copy()
+    answer = make_response(msg, 200)  # type: ignore[arg-type]
+    assert msg.contacts == [Address.parse(c) for c in contacts]
+    assert twin.contacts == msg.contacts and twin.from_addr == msg.from_addr
+    assert answer.from_addr == Address.parse(HEADERS[3].split(": ", 1)[1])
+    assert answer.to_addr == msg.to_addr == Address.parse("Bob <sip:bob@biloxi.example.com>")
+    # Built once and then kept.
+    assert msg.contacts[0] is msg.contacts[0] and msg.from_addr is msg.from_addr
+
+
 def test_response() -> None:
     msg = parse_message(response_wire("SIP/2.0 486 Busy Here", "Retry-After: 60"))
     assert isinstance(msg, Response)
@@ -241,6 +257,10 @@ def test_cseq_method_mismatch() -> None:
         ("Contact: <sip:a@b.example.com>, *", "only Contact"),
         ("Contact: <sip:a@b.example.com>,", "empty element"),
         ("Contact: <sip:a@b.example.com>;q", None),
+        # Ports are the one check the name-addr pattern leaves to a later step.
+        ("Contact: <sip:a@b.example.com:70000>", "bad port"),
+        ("From: <sip:a@b.example.com:0>;tag=1", "bad port"),
+        ("To: Bob <sip:bob@biloxi.example.com:65536>", "bad port"),
     ],
 )
 def test_malformed_known_headers(header: str, reason: str | None) -> None:

@@ -6,7 +6,6 @@ message; the classes here parse them on demand and format them back.
 
 from __future__ import annotations
 
-import functools
 import re
 
 import attrs
@@ -451,31 +450,78 @@ class Address:
 
 # Addresses are immutable and recur throughout a dialog (every request and
 # response repeats From and To) and across calls (Contacts, To without a tag).
+# A bounded dict, emptied when full, like the URI cache.
 ADDRESS_CACHE_SIZE = 4096
+_ADDRESS_CACHE: dict[str, Address] = {}
 
 
-@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _remember_address(text: str, address: Address) -> None:
+    if len(_ADDRESS_CACHE) >= ADDRESS_CACHE_SIZE:
+        _ADDRESS_CACHE.clear()
+    _ADDRESS_CACHE[text] = address
+
+
 def _parse_address(text: str) -> Address:
+    address = _ADDRESS_CACHE.get(text)
+    if address is None:
+        plain = _PLAIN_SIP_NAME_ADDR.fullmatch(text)
+        if plain is not None:
+            return address_from_match(plain)
+        address = _parse_other_address(text)
+        _remember_address(text, address)
+    return address
+
+
+def check_address(text: str) -> Address | re.Match[str]:
+    """Check a name-addr or addr-spec; raise :class:`SipParseError` if it is not one.
+
+    For the common ``<sip:...>`` shape this returns the match that proved it
+    valid, and :func:`address_from_match` builds the Address on first use: most
+    messages are routed without their Contact, and building objects is most of
+    the cost of parsing one. Otherwise (cached, or parsed the long way) it
+    returns the Address itself.
+    """
+    address = _ADDRESS_CACHE.get(text)
+    if address is not None:
+        return address
     plain = _PLAIN_SIP_NAME_ADDR.fullmatch(text)
-    if plain is not None:
-        quoted, tokens, scheme, user, host, ipv4, port_text, uri_params, param_text = plain.groups()
-        uri_text = text[plain.start(3) : plain.end(8)]
-        uri = _URI_CACHE.get(uri_text)
-        if uri is None:
-            host, port = plain_hostport(host, ipv4, port_text, uri_text)
-            params = _split_params(uri_params) if uri_params else ()
-            uri = SipURI(host, user, None, port, params, (), scheme.lower())
-            remember_uri(uri_text, uri)
-        display = quoted
-        if tokens is not None:
-            display = " ".join(tokens.split()) if " " in tokens or "\t" in tokens else tokens
-        return Address(uri, display, _split_params(param_text) if param_text else ())
+    if plain is None:
+        address = _parse_other_address(text)
+        _remember_address(text, address)
+        return address
+    # The one check the pattern leaves to the builder.
+    port_text = plain.group(7)
+    if port_text is not None and not 0 < int(port_text) < 65536:
+        raise SipParseError(f"bad port in {text[plain.start(3) : plain.end(8)]!r}")
+    return plain
+
+
+def address_from_match(plain: re.Match[str]) -> Address:
+    """The Address a :func:`check_address` match stands for."""
+    text = plain.string
+    quoted, tokens, scheme, user, host, ipv4, port_text, uri_params, param_text = plain.groups()
+    uri_text = text[plain.start(3) : plain.end(8)]
+    uri = _URI_CACHE.get(uri_text)
+    if uri is None:
+        host, port = plain_hostport(host, ipv4, port_text, uri_text)
+        params = _split_params(uri_params) if uri_params else ()
+        uri = SipURI(host, user, None, port, params, (), scheme.lower())
+        remember_uri(uri_text, uri)
+    display = quoted
+    if tokens is not None:
+        # Tokens separated by LWS: the name is the tokens with single SPs.
+        display = " ".join(tokens.split()) if " " in tokens or "\t" in tokens else tokens
+    address = Address(uri, display, _split_params(param_text) if param_text else ())
+    _remember_address(text, address)
+    return address
+
+
+def _parse_other_address(text: str) -> Address:
     plain = _PLAIN_NAME_ADDR.fullmatch(text)
     if plain is not None:
         quoted, tokens, uri_text, param_text = plain.groups()
         display = quoted
         if tokens is not None:
-            # Tokens separated by LWS: the name is the tokens with single SPs.
             display = " ".join(tokens.split()) if " " in tokens or "\t" in tokens else tokens
         params = _split_params(param_text) if param_text else ()
         return Address(parse_uri(uri_text), display, params)

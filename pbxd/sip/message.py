@@ -3,8 +3,10 @@
 Parsing splits the header section into (name, value) pairs at once and checks
 the headers every transaction depends on (Via, From, To, Call-ID, CSeq,
 Max-Forwards, Content-Length, Contact), keeping what it parsed so that the
-typed accessors cost nothing afterwards. Other headers stay as text until
-someone asks for them.
+typed accessors cost little afterwards. From, To and Contact of the common
+``<sip:...>`` shape are checked by one regex and built into Address objects
+only when read (building them was most of the cost of a cold parse). Other
+headers stay as text until someone asks for them.
 
 The parser is on the path of every datagram, so the common case (no folding,
 names seen before, one value per line) runs on ``str`` methods and anchored
@@ -24,7 +26,9 @@ from pbxd.sip.headers import (
     Address,
     CSeq,
     Via,
+    address_from_match,
     canonical_name,
+    check_address,
     header_key,
     is_token,
     split_list,
@@ -229,18 +233,40 @@ class Message:
     def cseq(self) -> CSeq:
         return self._parsed("cseq", lambda: CSeq.parse(self._required("cseq")))
 
+    # From, To and Contact may be held as the regex match that validated them
+    # (headers.check_address) until someone reads them.
+
     @property
     def from_addr(self) -> Address:
-        return self._parsed("from", lambda: Address.parse(self._required("from")))
+        value = self._cache.get("from")
+        if value is None or value.__class__ is re.Match:
+            value = self._cache["from"] = self._address("from", value)  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
 
     @property
     def to_addr(self) -> Address:
-        return self._parsed("to", lambda: Address.parse(self._required("to")))
+        value = self._cache.get("to")
+        if value is None or value.__class__ is re.Match:
+            value = self._cache["to"] = self._address("to", value)  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+
+    def _address(self, key: str, checked: re.Match[str] | None) -> Address:
+        if checked is not None:
+            return address_from_match(checked)
+        return Address.parse(self._required(key))
 
     @property
     def contacts(self) -> list[Address]:
         """Contact addresses; empty for none and for the ``*`` of a REGISTER."""
-        return self._parsed("contact", lambda: _parse_contacts(self.get_all("contact")))
+        value: list[Address | re.Match[str]] | None = self._cache.get("contact")  # type: ignore[assignment]
+        if value is None:
+            value = self._cache["contact"] = _parse_contacts(self.get_all("contact"))  # type: ignore[assignment]
+        elif any(item.__class__ is re.Match for item in value):
+            value = self._cache["contact"] = [
+                address_from_match(item) if item.__class__ is re.Match else item  # type: ignore[arg-type]
+                for item in value
+            ]
+        return value  # type: ignore[return-value]
 
     @property
     def is_wildcard_contact(self) -> bool:
@@ -410,6 +436,15 @@ def _parse_contacts(values: list[str]) -> list[Address]:
     return [Address.parse(value) for value in values]
 
 
+def _check_contacts(values: list[str]) -> list[Address | re.Match[str]]:
+    """_parse_contacts, leaving the common shapes to be built on first use."""
+    if "*" in values:
+        if len(values) > 1:
+            raise SipParseError("Contact '*' must be the only Contact value")  # §10.2.2
+        return []
+    return [check_address(value) for value in values]
+
+
 def parse_message(data: bytes) -> SipMessage:
     """Parse one SIP message from a datagram or a framed stream message.
 
@@ -576,8 +611,8 @@ def _validate(
     cache = message._cache
     cache["cseq"] = cseq = CSeq.parse(index["cseq"])
     cache["via"] = [Via.parse(item) for item in _list_items(headers, "via")]
-    cache["from"] = Address.parse(index["from"])
-    cache["to"] = Address.parse(index["to"])
+    cache["from"] = check_address(index["from"])
+    cache["to"] = check_address(index["to"])
     cache["max-forwards"] = _parse_number(index.get("max-forwards"), "Max-Forwards", 255)
     if isinstance(message, Request):
         if cseq.method != message.method:
@@ -589,4 +624,4 @@ def _validate(
         if getattr(ruri, "headers", ()):
             raise SipParseError("Request-URI must not carry headers")  # §19.1.1 table
     if "contact" in index:
-        cache["contact"] = _parse_contacts(_list_items(headers, "contact"))
+        cache["contact"] = _check_contacts(_list_items(headers, "contact"))
