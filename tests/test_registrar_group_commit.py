@@ -149,3 +149,19 @@ async def test_a_failed_commit_answers_every_waiting_register_503(pbx: PbxServic
         assert len(stored_bindings(pbx)) == len(USERS)
     finally:
         database.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_registration_is_one_commit_with_its_phone(pbx: PbxService,
+                                                                  phones: Phones) -> None:
+    store = pbx.store.store
+    assert store is not None
+    user = USERS[0]
+    challenge = await phones.send(user, 1)
+    credentials = answer_challenge(challenge.get_all("WWW-Authenticate")[0], "REGISTER",
+                                   "sip:127.0.0.1", user, password(user))
+    before = (store.group_commits, store.grouped_writes)
+    assert (await phones.send(user, 2, credentials)).status == 200
+    # The binding and the phone record went to the SQLite thread together.
+    assert (store.group_commits - before[0], store.grouped_writes - before[1]) == (1, 2)
+    assert [phone.extension for phone in await store.all_phones()] == [user]

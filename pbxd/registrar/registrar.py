@@ -310,11 +310,15 @@ class Registrar:
                 )
             )
         removals += self._make_room(existing, upserts, removals)
-        current = await self.location.commit(aor, upserts, removals)
+        committed = defer.Deferred.fromCoroutine(self.location.commit(aor, upserts, removals))
         if upserts:
-            self.registrations += 1
+            # Queued right behind the bindings, the phone joins their group
+            # commit: one hand-off to the SQLite thread for both.
             first = next(entry for entry in requested if entry.expires)
             self._track_phone(user, request, upserts[0], first.contact, now)
+        current = await committed
+        if upserts:
+            self.registrations += 1
         return current
 
     @staticmethod
@@ -362,9 +366,10 @@ class Registrar:
     def _track_phone(
         self, extension: str, request: Request, binding: Binding, contact: str, now: float
     ) -> None:
-        """Record the phone; written after the bindings, and not waited for:
-        a failure here must not fail the registration (readers through the
-        store still see it, as the store runs its calls in order)."""
+        """Record the phone; written after the bindings, in their transaction,
+        and not waited for: a failure here must not fail the registration
+        (readers through the store still see it, as the store runs its calls
+        in order)."""
         # The request itself: phone_facts reads only the few headers that may carry a MAC.
         facts = phone_facts(binding.user_agent, binding.instance_id, contact, request)
         d = self.store.upsert_phone(
