@@ -27,23 +27,31 @@ as CPU microseconds per packet and the calls per core that implies;
 ``--syscalls`` times each way to move a datagram here (sendto, recvfrom,
 reading until EAGAIN, recvmmsg and sendmmsg through ctypes).
 
-Notes (what the numbers say, and the next step). Per relayed packet the relay
-makes one recvfrom and one sendto (plus a share of epoll_wait); on loopback
-the sendto also runs the receiver's side of the stack. Those calls are about
-half of the ~12 CPU µs a packet costs; pbxd's Python is about a tenth, the
-reactor the rest. At 100 packets per second per call that is ~800 calls per
-core at 100% CPU. recvmmsg/sendmmsg cannot batch across sockets, and with one
-socket per leg at 50 packets per second a wake-up rarely finds two datagrams
-on one socket, so they would not help. What removes the per-packet system
-calls is forwarding latched streams in the kernel: once both legs of a call
-are latched and nothing needs the packets in Python (no recording, mute, play
-or DTMF detection), install a DNAT+SNAT pair for the stream (nftables maps
-keyed by the relay port; one conntrack entry carries both directions) and
-delete the stream's existing conntrack entry so the NAT applies; counters come
-from conntrack, and the rules are removed when a feature needs the packets
-again or the call ends. This kernel has NF_TABLES, NF_NAT, conntrack and BPF
-(an XDP/tc program with a port-keyed map is the other way); userspace
-nftables is a Debian package. The Python path stays for everything else.
+Notes (what the numbers say, and the next step; measured 2026-11-23 on the
+2-vCPU VM, see docs/media.md). The shared poller reads one datagram per ready
+socket per round of polls, so a relayed packet costs one recvfrom and one
+sendto (on loopback the sendto also runs the receiver's side of the stack) and
+a share of the polls; reading each socket until EAGAIN had cost a failed
+recvfrom per packet (~1 µs). ``--inproc``: about 5 CPU µs per packet, of which
+the two system calls are ~2.5 and pbxd's Python ~2.5; the full run adds the
+reactor and thread wake-ups (7-8 µs at 250 calls). ``--syscalls``: recvmmsg and
+sendmmsg through ctypes cost more than they save here: with one datagram
+queued (what a socket holds at 50 packets a second) recvmmsg is ~2 µs dearer
+than recvfrom, with eight queued still dearer than eight recvfroms, and
+sendmmsg of eight is ~0.2 µs per datagram cheaper than eight sendtos but only
+batches datagrams of one socket, and a leg's socket sends one per wake-up.
+What removes the per-packet system calls is forwarding latched streams in the
+kernel. Tried for real in a private network namespace (``unshare -n``, nft
+1.0.6): one nftables table with maps keyed by (phone address, phone port,
+relay port) doing DNAT to the other phone and, through a conntrack mark, SNAT
+to the other leg's port; one conntrack entry carries both directions. 1,000
+calls went through with no loss, costing ~1 µs per packet more than the phones
+sending to each other directly, in softirq rather than in pbxd. Not built into
+pbxd yet: it needs the unlatched ports untracked (a notrack rule, or the first
+packet's conntrack entry keeps the stream out of the NAT), the conntrack entry
+deleted when a stream leaves the kernel (mute, record, play, call end, and
+before a port is reused), counters for the RTP timeout and stats from
+conntrack or nft, and DTMF events kept in user space.
 """
 
 from __future__ import annotations
