@@ -1,13 +1,23 @@
 """pbxd's load benchmarks: sipp drives a real ``twistd -n pbxd`` on loopback at stepped rates.
 
-    python bench/run.py register|calls|all [--target HOST:PORT] [--duration S]
-                        [--rates R1,R2,...] [--transport udp|tcp] [--json FILE]
+    python bench/run.py register|calls|latency|memory|all [--target HOST:PORT]
+                        [--duration S] [--rates R1,R2,...] [--transport udp|tcp]
+                        [--media relay|none] [--json FILE] [--profile|--cprofile]
+                        [--calls N] [--rounds N] [--tracemalloc]
 
 ``register``: authenticated registrations (REGISTER, 401, REGISTER with digest
 credentials, 200) per second, extensions 1000-1998 in turn.
 ``calls``: calls per second through the B2BUA (INVITE, 407, ACK, INVITE with
 credentials, 180, 200, ACK, BYE, 200; no media) from a sipp UAC to a sipp UAS
-registered as extension 1999.
+registered as extension 1999. bench.yml relays media (``media_proxy`` auto: 4
+sockets per call, SDP rewritten, though sipp sends no RTP); ``--media none``
+runs pbxd with ``media_proxy: none`` on the extensions route instead.
+``latency``: calls at a modest rate with both phones tracing their messages;
+per call, INVITE in -> out and 200 in -> out through pbxd, in ms (sipp's
+microsecond time stamps: loopback and sipp's own delay are included).
+``memory``: rounds of ``--calls`` calls held up at once (uac_hold.xml); pbxd's
+RSS before, at the peak and after the drain, kB per call, and pbxd's objects
+per held call by type (bench/memprobe.py, SIGUSR2).
 
 pbxd starts as ``twistd -n pbxd -c bench/configs/bench.yml`` with a fresh data
 directory per benchmark (``--target`` runs the same load against another SIP
