@@ -332,3 +332,34 @@ def test_name_addr_fast_path_agrees_with_the_general_parser(text: str) -> None:
         return
     assert _PLAIN_SIP_NAME_ADDR.fullmatch(text) is not None
     assert Address.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    "sent_by, host, port",
+    [
+        ("192.0.2.101:5060", "192.0.2.101", 5060),
+        ("10.0.0.1", "10.0.0.1", None),
+        ("1.2.3.4.example.com:5070", "1.2.3.4.example.com", 5070),
+        ("255.255.255.255", "255.255.255.255", None),
+        ("pc33.atlanta.example.com", "pc33.atlanta.example.com", None),
+    ],
+)
+def test_via_fast_path_hosts(sent_by: str, host: str, port: int | None) -> None:
+    # The fast path tries IPv4 before hostnames; a name that starts like an
+    # address must still come out whole.
+    via = Via.parse(f"SIP/2.0/UDP {sent_by};branch=z9hG4bK1;rport")
+    assert (via.host, via.port, via.params) == (host, port, (("branch", "z9hG4bK1"), ("rport", None)))
+    address = Address.parse(f"<sip:u@{sent_by}>;tag=1")
+    assert (address.uri.host, address.uri.port) == (host, port)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("sent_by", ["1.2.3.256", "1.2.3.4:0", "1.2.3.4:65536", "1.2.3"])
+def test_via_fast_path_refuses_what_the_careful_path_refuses(sent_by: str) -> None:
+    with pytest.raises(SipParseError):
+        Via.parse(f"SIP/2.0/UDP {sent_by};branch=z9hG4bK1")
+
+
+def test_via_rport_value_is_checked_in_any_case_on_the_fast_path() -> None:
+    assert Via.parse("SIP/2.0/UDP 192.0.2.1;RPort=5060;branch=z9hG4bK1").rport == 5060
+    with pytest.raises(SipParseError, match="bad rport"):
+        Via.parse("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1;RPORT=0")

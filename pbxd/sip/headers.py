@@ -114,9 +114,10 @@ _PLAIN_SIP_NAME_ADDR = re.compile(
     rf"<([Ss][Ii][Pp][Ss]?):{PLAIN_SIP_PATTERN}>({_PLAIN_PARAMS_PATTERN})"
 )
 _PLAIN_ADDR_SPEC = re.compile(rf"([A-Za-z][A-Za-z0-9+\-.]*:[^<>\"\s;?,]+)({_PLAIN_PARAMS_PATTERN})")
-# "SIP/2.0/UDP host:port;branch=...;rport" without LWS, quotes or IPv6.
+# "SIP/2.0/UDP host:port;branch=...;rport" without LWS, quotes or IPv6; IPv4
+# first, as in uri.PLAIN_SIP_PATTERN.
 _PLAIN_VIA = re.compile(
-    rf"SIP/2\.0/([{_TOKEN_CHARS}]+) (?:({HOSTNAME_PATTERN})|({IPV4_PATTERN}))(?::([0-9]{{1,5}}))?"
+    rf"SIP/2\.0/([{_TOKEN_CHARS}]+) (?:({IPV4_PATTERN})|({HOSTNAME_PATTERN}))(?::([0-9]{{1,5}}))?"
     rf"({_PLAIN_PARAMS_PATTERN})"
 )
 
@@ -315,11 +316,19 @@ class Via:
         plain = _PLAIN_VIA.fullmatch(text)
         if plain is None:
             return cls._parse_general(text)
-        transport, host, ipv4, port_text, param_text = plain.groups()
-        host, port = plain_hostport(host, ipv4, port_text, text)
-        params = _split_params(param_text) if param_text else ()
-        _check_rport(params, text)
-        return cls(transport.upper(), host, port, params)
+        transport, ipv4, host, port_text, param_text = plain.groups()
+        port = None
+        if port_text is not None:
+            port = int(port_text)
+            if not 0 < port < 65536:
+                raise SipParseError(f"bad port in {text!r}")
+        params: Params = ()
+        if param_text:
+            params = _split_params(param_text)
+            # Only an rport with a value needs checking; most Vias have none.
+            if "rport=" in param_text.lower():
+                _check_rport(params, text)
+        return cls(transport.upper(), host if ipv4 is None else ipv4, port, params)
 
     @classmethod
     def _parse_general(cls, text: str) -> Via:
@@ -450,26 +459,26 @@ class Address:
 
 # Addresses are immutable and recur throughout a dialog (every request and
 # response repeats From and To) and across calls (Contacts, To without a tag).
-# A bounded dict, emptied when full, like the URI cache.
+# A bounded dict, emptied when full, like the URI cache. It holds an Address,
+# or the check_address match of one nobody has read yet, so that a message
+# seen again is checked by one look-up either way.
 ADDRESS_CACHE_SIZE = 4096
-_ADDRESS_CACHE: dict[str, Address] = {}
+_ADDRESS_CACHE: dict[str, Address | re.Match[str]] = {}
 
 
-def _remember_address(text: str, address: Address) -> None:
+def _remember_address(text: str, address: Address | re.Match[str]) -> None:
     if len(_ADDRESS_CACHE) >= ADDRESS_CACHE_SIZE:
         _ADDRESS_CACHE.clear()
     _ADDRESS_CACHE[text] = address
 
 
 def _parse_address(text: str) -> Address:
-    address = _ADDRESS_CACHE.get(text)
-    if address is None:
-        plain = _PLAIN_SIP_NAME_ADDR.fullmatch(text)
-        if plain is not None:
-            return address_from_match(plain)
-        address = _parse_other_address(text)
-        _remember_address(text, address)
-    return address
+    known = _ADDRESS_CACHE.get(text)
+    if known is None:
+        known = check_address(text)
+    if known.__class__ is re.Match:
+        return address_from_match(known)  # type: ignore[arg-type]
+    return known  # type: ignore[return-value]
 
 
 def check_address(text: str) -> Address | re.Match[str]:
@@ -478,12 +487,12 @@ def check_address(text: str) -> Address | re.Match[str]:
     For the common ``<sip:...>`` shape this returns the match that proved it
     valid, and :func:`address_from_match` builds the Address on first use: most
     messages are routed without their Contact, and building objects is most of
-    the cost of parsing one. Otherwise (cached, or parsed the long way) it
-    returns the Address itself.
+    the cost of parsing one. Otherwise (parsed the long way, or built before)
+    it returns the Address itself.
     """
-    address = _ADDRESS_CACHE.get(text)
-    if address is not None:
-        return address
+    known = _ADDRESS_CACHE.get(text)
+    if known is not None:
+        return known
     plain = _PLAIN_SIP_NAME_ADDR.fullmatch(text)
     if plain is None:
         address = _parse_other_address(text)
@@ -493,13 +502,16 @@ def check_address(text: str) -> Address | re.Match[str]:
     port_text = plain.group(7)
     if port_text is not None and not 0 < int(port_text) < 65536:
         raise SipParseError(f"bad port in {text[plain.start(3) : plain.end(8)]!r}")
+    if len(_ADDRESS_CACHE) >= ADDRESS_CACHE_SIZE:  # _remember_address, inline: every cold message comes here
+        _ADDRESS_CACHE.clear()
+    _ADDRESS_CACHE[text] = plain
     return plain
 
 
 def address_from_match(plain: re.Match[str]) -> Address:
     """The Address a :func:`check_address` match stands for."""
     text = plain.string
-    quoted, tokens, scheme, user, host, ipv4, port_text, uri_params, param_text = plain.groups()
+    quoted, tokens, scheme, user, ipv4, host, port_text, uri_params, param_text = plain.groups()
     uri_text = text[plain.start(3) : plain.end(8)]
     uri = _URI_CACHE.get(uri_text)
     if uri is None:

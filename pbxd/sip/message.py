@@ -212,7 +212,11 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        return self._parsed("via", lambda: [Via.parse(v) for v in self.get_all("via")])
+        # Direct look-ups rather than _parsed: these are read for every message.
+        vias = self._cache.get("via")
+        if vias is None:
+            vias = self._cache["via"] = [Via.parse(v) for v in self.get_all("via")]
+        return vias  # type: ignore[return-value]
 
     @property
     def via(self) -> Via:
@@ -224,14 +228,17 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        value = self.get("call-id")
+        value = self._first_values().get("call-id")
         if value is None:
             raise SipParseError("no Call-ID header")
         return value
 
     @property
     def cseq(self) -> CSeq:
-        return self._parsed("cseq", lambda: CSeq.parse(self._required("cseq")))
+        cseq = self._cache.get("cseq")
+        if cseq is None:
+            cseq = self._cache["cseq"] = CSeq.parse(self._required("cseq"))
+        return cseq  # type: ignore[return-value]
 
     # From, To and Contact may be held as the regex match that validated them
     # (headers.check_address) until someone reads them.
@@ -261,11 +268,10 @@ class Message:
         value: list[Address | re.Match[str]] | None = self._cache.get("contact")  # type: ignore[assignment]
         if value is None:
             value = self._cache["contact"] = _parse_contacts(self.get_all("contact"))  # type: ignore[assignment]
-        elif any(item.__class__ is re.Match for item in value):
-            value = self._cache["contact"] = [
-                address_from_match(item) if item.__class__ is re.Match else item  # type: ignore[arg-type]
-                for item in value
-            ]
+        else:
+            for i, item in enumerate(value):
+                if item.__class__ is re.Match:
+                    value[i] = address_from_match(item)  # type: ignore[arg-type]
         return value  # type: ignore[return-value]
 
     @property
@@ -332,7 +338,10 @@ class Request(Message):
     @property
     def ruri(self) -> URI:
         """The parsed Request-URI."""
-        return self._parsed(" ruri", lambda: parse_uri(self.uri))
+        ruri = self._cache.get(" ruri")
+        if ruri is None:
+            ruri = self._cache[" ruri"] = parse_uri(self.uri)
+        return ruri  # type: ignore[return-value]
 
     def set_uri(self, uri: str | URI) -> None:
         self.uri = str(uri)

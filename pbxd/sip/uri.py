@@ -44,11 +44,14 @@ HOSTNAME_PATTERN = (
 # IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT, each at most 255.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
 IPV4_PATTERN = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
-# Five groups: user, hostname, IPv4 address, port, parameters. The header
-# parser embeds it in its name-addr fast path.
+# Five groups: user, IPv4 address, hostname, port, parameters. The header
+# parser embeds it in its name-addr fast path. IPv4 is tried first: the
+# hostname pattern takes an address apart label by label before failing on
+# its last one, which made IPv4 hosts (most Contacts) the slow case. No text
+# matches both, so the order changes the speed only.
 PLAIN_SIP_PATTERN = (
     r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)@)?"
-    rf"(?:({HOSTNAME_PATTERN})|({IPV4_PATTERN}))"
+    rf"(?:({IPV4_PATTERN})|({HOSTNAME_PATTERN}))"
     r"(?::([0-9]{1,5}))?"
     r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)"
 )
@@ -337,7 +340,7 @@ def plain_hostport(host: str | None, ipv4: str | None, port_text: str | None, te
 def _parse_sip_uri(scheme: str, rest: str, text: str) -> SipURI:
     plain = _PLAIN_SIP.fullmatch(rest)
     if plain is not None:
-        user, host, ipv4, port_text, param_text = plain.groups()
+        user, ipv4, host, port_text, param_text = plain.groups()
         host, port = plain_hostport(host, ipv4, port_text, text)
         params = _split_params(param_text) if param_text else ()
         return SipURI(host, user, None, port, params, (), scheme)
