@@ -126,3 +126,44 @@ def test_an_icmp_error_on_read_is_skipped(sender: socket.socket) -> None:
     poller.doRead()
     assert delivered == [(0, b"after")]
     polled.close()
+
+
+class CountingEpoll:
+    """The poller's epoll set, noting how many sockets each poll found ready."""
+
+    def __init__(self, epoll: Any) -> None:
+        self.epoll = epoll
+        self.found: list[int] = []
+
+    def poll(self, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        ready = self.epoll.poll(timeout, maxevents)
+        self.found.append(len(ready))
+        return ready
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.epoll, name)
+
+
+def test_a_socket_alone_two_rounds_running_is_read_until_empty(sender: socket.socket) -> None:
+    poller = SharedPoller(ReaderOnlyReactor())
+    (polled,), delivered = polled_sockets(poller, 1)
+    counting = poller.epoll = CountingEpoll(poller.epoll)  # type: ignore[assignment]
+    queue(sender, polled, [b"%d" % n for n in range(50)])
+    poller.doRead()
+    assert [data for _, data in delivered] == [b"%d" % n for n in range(50)]
+    # One datagram in the first round; alone again in the second, so the rest then (not a poll each).
+    assert counting.found == [1, 1, 0]
+    polled.close()
+
+
+def test_sockets_ready_together_are_not_drained(sender: socket.socket) -> None:
+    poller = SharedPoller(ReaderOnlyReactor())
+    (first, second), delivered = polled_sockets(poller, 2)
+    counting = poller.epoll = CountingEpoll(poller.epoll)  # type: ignore[assignment]
+    queue(sender, first, [b"a1", b"a2"])
+    queue(sender, second, [b"b1", b"b2"])
+    poller.doRead()
+    assert counting.found == [2, 2, 0]
+    assert sorted(data for _, data in delivered[:2]) == [b"a1", b"b1"]
+    for polled in (first, second):
+        polled.close()

@@ -222,8 +222,9 @@ class SharedPoller:
         return "relay"
 
     def doRead(self) -> None:
-        sockets, poll = self.sockets, self.epoll.poll
+        sockets, poll, read = self.sockets, self.epoll.poll, self._read_one
         left = self.budget
+        lone = -1  # the socket that was the only one ready in the previous round
         while left > 0:
             ready = poll(0, min(left, 1024))
             if not ready:
@@ -231,20 +232,35 @@ class SharedPoller:
             left -= len(ready)
             for fd, _ in ready:
                 polled = sockets.get(fd)
-                if polled is None:
-                    continue  # closed by a packet handled earlier in this round
-                try:
-                    data, source = polled.receive(_MAX_DATAGRAM)
-                except OSError as error:
-                    # EAGAIN: nothing after all. An ICMP error from an earlier send
-                    # (ECONNREFUSED) is reported on a read; it says nothing about what is queued.
-                    if error.errno in _READ_SKIPPED:
-                        continue
-                    raise
-                try:
-                    polled.deliver(data, source[:2])
-                except Exception:
-                    log.failure("relay packet from {source} failed", source=source)
+                if polled is not None:  # else closed by a packet handled earlier in this round
+                    read(polled)
+            if len(ready) > 1:
+                lone = -1
+                continue
+            fd = ready[0][0]
+            if fd == lone:
+                # Alone two rounds running: a burst or a flood on one port. Read it until
+                # empty rather than paying a poll per datagram.
+                while left > 0 and (polled := sockets.get(fd)) is not None and read(polled):
+                    left -= 1
+            lone = fd
+
+    @staticmethod
+    def _read_one(polled: PolledSocket) -> bool:
+        """Read one datagram and deliver it; False when there was none to read."""
+        try:
+            data, source = polled.receive(_MAX_DATAGRAM)
+        except OSError as error:
+            # EAGAIN: nothing after all. An ICMP error from an earlier send
+            # (ECONNREFUSED) is reported on a read; it says nothing about what is queued.
+            if error.errno in _READ_SKIPPED:
+                return False
+            raise
+        try:
+            polled.deliver(data, source[:2])
+        except Exception:
+            log.failure("relay packet from {source} failed", source=source)
+        return True
 
     def connectionLost(self, reason: Any) -> None:
         pass  # the reactor is shutting down; the relays close their own sockets
