@@ -45,7 +45,7 @@ packet counters, so the packet path pays nothing for it.
 
 Speed: on Linux the relay's sockets sit in one epoll set that the reactor
 watches as a single descriptor (``SharedPoller``), so one wake-up serves every
-ready socket; each read takes every ready datagram, sends are bare
+ready socket, one datagram per socket per round of polls; sends are bare
 ``sendto`` calls, and the forwarding path reads five header fields and passes
 the datagram on as the same bytes object. ``RelayOptions.engine="twisted"``
 uses a Twisted UDP port per socket instead (the portable fallback).
@@ -197,7 +197,8 @@ class SharedPoller:
     wake-up's budget is spent. At 50 packets a second a socket rarely holds a second
     datagram, so reading until EAGAIN cost one failed recvfrom per packet (about a
     tenth of the relay's CPU per packet); the empty poll that ends a wake-up is
-    shared by every socket served in it.
+    shared by every socket served in it. A socket found alone two rounds running
+    (a burst, a flood on one port) is read until empty instead.
     """
 
     _by_reactor: dict[int, SharedPoller] = {}
