@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 from collections.abc import Iterator
@@ -166,4 +167,24 @@ def test_sockets_ready_together_are_not_drained(sender: socket.socket) -> None:
     assert counting.found == [2, 2, 0]
     assert sorted(data for _, data in delivered[:2]) == [b"a1", b"b1"]
     for polled in (first, second):
+        polled.close()
+
+
+def test_a_failing_read_is_logged_and_the_poller_goes_on(sender: socket.socket) -> None:
+    poller = SharedPoller(ReaderOnlyReactor())
+    (broken, working), delivered = polled_sockets(poller, 2)
+
+    def read_fails(size: int) -> Any:
+        raise OSError(errno.EIO, "an I/O error the relay does not expect")
+
+    broken.receive = read_fails  # type: ignore[assignment]
+    queue(sender, broken, [b"never read"])
+    queue(sender, working, [b"good"])
+    poller.doRead()  # raises nothing: the reactor would drop the poller, and all media with it
+    assert delivered == [(1, b"good")]
+    assert broken.socket.fileno() not in poller.sockets  # not read (and logged) again and again
+    queue(sender, working, [b"still"])
+    poller.doRead()
+    assert delivered == [(1, b"good"), (1, b"still")]
+    for polled in (broken, working):
         polled.close()

@@ -254,9 +254,12 @@ class SharedPoller:
         except OSError as error:
             # EAGAIN: nothing after all. An ICMP error from an earlier send
             # (ECONNREFUSED) is reported on a read; it says nothing about what is queued.
-            if error.errno in _READ_SKIPPED:
-                return False
-            raise
+            if error.errno not in _READ_SKIPPED:
+                # Not raised: the reactor would drop the poller, and every call's media with
+                # it. The socket is no longer read; its call ends on the RTP timeout.
+                log.failure("relay socket {port} read failed; no longer read", port=polled.port)
+                polled.stop_reading()
+            return False
         try:
             polled.deliver(data, source[:2])
         except Exception:
@@ -292,15 +295,20 @@ class PolledSocket(_RelaySocketIO):
             raise CannotListenError(host, port, error) from None
         sock.setblocking(False)
         self.socket = sock
+        self.port = sock.getsockname()[1]
         self.receive = sock.recvfrom
         self.send_errors = 0
         self.deliver: Callable[[bytes, Address], None] = _ignore
         self._poller = poller
         poller.add(sock.fileno(), self)
 
-    def close(self) -> defer.Deferred[None]:
+    def stop_reading(self) -> None:
         if self.socket.fileno() >= 0:
             self._poller.remove(self.socket.fileno())
+
+    def close(self) -> defer.Deferred[None]:
+        if self.socket.fileno() >= 0:
+            self.stop_reading()
             self.socket.close()
         return defer.succeed(None)
 
