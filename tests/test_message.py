@@ -71,8 +71,10 @@ def test_addresses_built_on_first_read_equal_those_parsed_at_once() -> None:
     assert twin.contacts == msg.contacts and twin.from_addr == msg.from_addr
     assert answer.from_addr == Address.parse(HEADERS[3].split(": ", 1)[1])
     assert answer.to_addr == msg.to_addr == Address.parse("Bob <sip:bob@biloxi.example.com>")
-    # Built once and then kept.
+    # Built once and then kept; the Request-URI, read after the To that has
+    # the same URI, is that URI rather than a second copy.
     assert msg.contacts[0] is msg.contacts[0] and msg.from_addr is msg.from_addr
+    assert msg.ruri is msg.to_addr.uri  # type: ignore[union-attr]
 
 
 def test_response() -> None:
@@ -287,6 +289,8 @@ def test_malformed_known_headers(header: str, reason: str | None) -> None:
         ("INVITE sip:bob@biloxi.example.com SIP/3.0", "unsupported version", 505),
         ("INVITE sip:bob@biloxi.example.com;x=<y> SIP/2.0", "bad URI", 400),
         ("INVITE sip:bob@biloxi.example.com?Subject=x SIP/2.0", "must not carry headers", 400),
+        ("INVITE sip:bob@biloxi.example.com:0 SIP/2.0", "bad port", 400),
+        ("INVITE SIP:bob@192.0.2.1:65536 SIP/2.0", "bad port", 400),
     ],
 )
 def test_bad_request_line_is_answerable(start: str, reason: str, status: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pbxd.sip.errors import SipParseError
@@ -13,8 +15,10 @@ from pbxd.sip.uri import (
     SipURI,
     TelURI,
     bare_host,
+    check_uri,
     parse_uri,
     split_hostport,
+    uri_from_match,
     validate_host,
 )
 
@@ -222,3 +226,32 @@ def test_name_addr_fast_path_shares_parsed_uris() -> None:
     # The To URI of an initial request is usually its Request-URI too.
     address = Address.parse("Bob <sip:bob-shared@biloxi.example.com>;tag=1")
     assert parse_uri("sip:bob-shared@biloxi.example.com") is address.uri
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:bob@biloxi.example.com",
+        "SIP:bob@192.0.2.4:5060;transport=UDP;lr",
+        "sips:registrar.example.com",
+        "sip:+15555550100;phone-context=x@gw.example.com;user=phone",
+    ],
+)
+def test_checked_request_uris_build_as_parsed(text: str) -> None:
+    # A plain sip: URI is checked while parsing and built when first read.
+    _URI_CACHE.clear()
+    checked = check_uri(text)
+    assert isinstance(checked, re.Match)
+    assert check_uri(text) is checked  # a second message finds the check in the cache
+    built = uri_from_match(checked)
+    _URI_CACHE.clear()
+    assert built == parse_uri(text)
+    assert parse_uri(text) is parse_uri(text)
+
+
+def test_check_uri_hands_back_other_uris_parsed_or_refuses_them() -> None:
+    assert check_uri("tel:+15555550100") == TelURI("+15555550100")
+    assert check_uri("sip:[2001:db8::1]:5060") == parse_uri("sip:[2001:db8::1]:5060")
+    for bad in ("sip:bob@example.com:0", "sip:bob@exa mple.com", "sip:"):
+        with pytest.raises(SipParseError):
+            check_uri(bad)

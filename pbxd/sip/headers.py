@@ -514,7 +514,7 @@ def address_from_match(plain: re.Match[str]) -> Address:
     quoted, tokens, scheme, user, ipv4, host, port_text, uri_params, param_text = plain.groups()
     uri_text = text[plain.start(3) : plain.end(8)]
     uri = _URI_CACHE.get(uri_text)
-    if uri is None:
+    if uri is None or uri.__class__ is re.Match:
         host, port = plain_hostport(host, ipv4, port_text, uri_text)
         params = _split_params(uri_params) if uri_params else ()
         uri = SipURI(host, user, None, port, params, (), scheme.lower())

@@ -34,7 +34,7 @@ from pbxd.sip.headers import (
     split_list,
     wire_name,
 )
-from pbxd.sip.uri import URI, is_ascii_digits, parse_uri
+from pbxd.sip.uri import URI, check_uri, is_ascii_digits, parse_uri, uri_from_match
 
 SIP_VERSION = "SIP/2.0"
 
@@ -341,6 +341,8 @@ class Request(Message):
         ruri = self._cache.get(" ruri")
         if ruri is None:
             ruri = self._cache[" ruri"] = parse_uri(self.uri)
+        elif ruri.__class__ is re.Match:  # checked while parsing, built now
+            ruri = self._cache[" ruri"] = uri_from_match(ruri)  # type: ignore[arg-type]
         return ruri  # type: ignore[return-value]
 
     def set_uri(self, uri: str | URI) -> None:
@@ -629,7 +631,8 @@ def _validate(
             if message.method not in KNOWN_METHODS:
                 error.status = 501
             raise error
-        cache[" ruri"] = ruri = parse_uri(message.uri)
+        # A check_uri match is the plain shape, which has no headers.
+        cache[" ruri"] = ruri = check_uri(message.uri)
         if getattr(ruri, "headers", ()):
             raise SipParseError("Request-URI must not carry headers")  # §19.1.1 table
     if "contact" in index:

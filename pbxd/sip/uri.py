@@ -291,13 +291,14 @@ _NOT_IN_URI = frozenset(" \t\r\n<>\"\\^`{|}\x7f") | frozenset(chr(c) for c in ra
 # dict rather than functools.lru_cache, so that the name-addr fast path in
 # headers.py can look up (``_URI_CACHE``) and store (:func:`remember_uri`) the
 # URIs it parses itself; when full it is emptied, which costs less per message
-# than keeping an LRU order.
+# than keeping an LRU order. Besides URIs it holds the check_uri match of a
+# Request-URI nobody has read yet: readers build the URI from it.
 URI_CACHE_SIZE = 4096
-_URI_CACHE: dict[str, "URI"] = {}
+_URI_CACHE: dict[str, "URI | re.Match[str]"] = {}
 
 
-def remember_uri(text: str, uri: URI) -> None:
-    """Keep a URI parsed from ``text`` for the next :func:`parse_uri`."""
+def remember_uri(text: str, uri: URI | re.Match[str]) -> None:
+    """Keep a URI parsed from ``text`` (or its check) for the next :func:`parse_uri`."""
     if len(_URI_CACHE) >= URI_CACHE_SIZE:
         _URI_CACHE.clear()
     _URI_CACHE[text] = uri
@@ -309,6 +310,47 @@ def parse_uri(text: str) -> URI:
     if uri is None:
         uri = _parse_uri_uncached(text)
         remember_uri(text, uri)
+    elif uri.__class__ is re.Match:
+        return uri_from_match(uri)  # type: ignore[arg-type]
+    return uri  # type: ignore[return-value]
+
+
+def check_uri(text: str) -> URI | re.Match[str]:
+    """Check a URI; raise :class:`SipParseError` if it is not one.
+
+    For the common ``sip:user@host`` shape this returns the match that proved
+    it valid, for :func:`uri_from_match` to build the URI when it is first
+    read; otherwise (parsed the long way, or built before) the URI itself.
+    """
+    known = _URI_CACHE.get(text)
+    if known is not None:
+        return known
+    colon = text.find(":")
+    if colon == 3 or colon == 4:
+        scheme = text[:colon].lower()
+        if scheme == "sip" or scheme == "sips":
+            # Matched from after the colon, so that the match keeps the whole text.
+            plain = _PLAIN_SIP.fullmatch(text, colon + 1)
+            if plain is not None:
+                port_text = plain.group(4)
+                if port_text is not None and not 0 < int(port_text) < 65536:
+                    raise SipParseError(f"bad port in {text!r}")
+                remember_uri(text, plain)
+                return plain
+    return parse_uri(text)
+
+
+def uri_from_match(plain: re.Match[str]) -> SipURI:
+    """The SIP URI a :func:`check_uri` match stands for."""
+    text = plain.string
+    known = _URI_CACHE.get(text)
+    if known is not None and known.__class__ is not re.Match:
+        return known  # type: ignore[return-value]  # built meanwhile for a name-addr
+    user, ipv4, host, port_text, param_text = plain.groups()
+    host, port = plain_hostport(host, ipv4, port_text, text)
+    params = _split_params(param_text) if param_text else ()
+    uri = SipURI(host, user, None, port, params, (), text[: plain.pos - 1].lower())
+    remember_uri(text, uri)
     return uri
 
 
