@@ -605,10 +605,20 @@ def _list_items(headers: list[tuple[str, str, str]], key: str) -> list[str]:
     return items
 
 
+def _one_line_items(value: str, key: str) -> list[str]:
+    """_list_items for a header known to be on one line (the common case: no walk)."""
+    if "," in value:
+        return split_list(value)
+    if value:
+        return [value]
+    raise SipParseError(f"empty {canonical_name(key)} header")
+
+
 def _validate(
     message: SipMessage, headers: list[tuple[str, str, str]], index: dict[str, str]
 ) -> None:
-    if len(index) != len(headers):
+    unique = len(index) == len(headers)  # no header name twice
+    if not unique:
         keys = [h[0] for h in headers]
         for key in _SINGLE:
             if keys.count(key) > 1:
@@ -621,7 +631,8 @@ def _validate(
         raise SipParseError(f"bad Call-ID {call_id[:60]!r}")
     cache = message._cache
     cache["cseq"] = cseq = CSeq.parse(index["cseq"])
-    cache["via"] = [Via.parse(item) for item in _list_items(headers, "via")]
+    vias = _one_line_items(index["via"], "via") if unique else _list_items(headers, "via")
+    cache["via"] = [Via.parse(item) for item in vias]
     cache["from"] = check_address(index["from"])
     cache["to"] = check_address(index["to"])
     cache["max-forwards"] = _parse_number(index.get("max-forwards"), "Max-Forwards", 255)
@@ -635,5 +646,7 @@ def _validate(
         cache[" ruri"] = ruri = check_uri(message.uri)
         if getattr(ruri, "headers", ()):
             raise SipParseError("Request-URI must not carry headers")  # §19.1.1 table
-    if "contact" in index:
-        cache["contact"] = _check_contacts(_list_items(headers, "contact"))
+    contact = index.get("contact")
+    if contact is not None:
+        contacts = _one_line_items(contact, "contact") if unique else _list_items(headers, "contact")
+        cache["contact"] = _check_contacts(contacts)
