@@ -167,7 +167,8 @@ def main() -> None:
         messages = [parse_message(d) for d in datagrams]
         serialize_cold = time_each(Message.to_bytes, messages, cold_repeat)
         print(
-            f"{name:<9} {len(data):>5}  {warm[1]:>7.1f} µs  {cold[1]:>7.1f} µs  {read[1]:>7.1f} µs"
+            f"{name:<9} {len(data):>5}  {warm[1]:>7.1f} µs  {cold[1]:>7.1f} µs"
+            f"  {read[1]:>7.1f} µs"
             f"  {serialize[1]:>6.1f} µs  {serialize_cold[1]:>6.1f} µs"
             f"  {1e6 / warm[1]:>10,.0f} /{1e6 / cold[1]:>9,.0f} /{1e6 / read[1]:>9,.0f}"
             f"  {1e6 / serialize[1]:>12,.0f} /{1e6 / serialize_cold[1]:>11,.0f}"

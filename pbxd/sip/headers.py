@@ -502,7 +502,8 @@ def check_address(text: str) -> Address | re.Match[str]:
     port_text = plain.group(7)
     if port_text is not None and not 0 < int(port_text) < 65536:
         raise SipParseError(f"bad port in {text[plain.start(3) : plain.end(8)]!r}")
-    if len(_ADDRESS_CACHE) >= ADDRESS_CACHE_SIZE:  # _remember_address, inline: every cold message comes here
+    # _remember_address, inline: every new message comes here.
+    if len(_ADDRESS_CACHE) >= ADDRESS_CACHE_SIZE:
         _ADDRESS_CACHE.clear()
     _ADDRESS_CACHE[text] = plain
     return plain

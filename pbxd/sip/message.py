@@ -17,7 +17,7 @@ that reports errors.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, Iterator, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, TypeVar, Union
 
 from pbxd.sip.errors import SipParseError
 from pbxd.sip.headers import (
@@ -265,9 +265,9 @@ class Message:
     @property
     def contacts(self) -> list[Address]:
         """Contact addresses; empty for none and for the ``*`` of a REGISTER."""
-        value: list[Address | re.Match[str]] | None = self._cache.get("contact")  # type: ignore[assignment]
+        value: list[Any] | None = self._cache.get("contact")  # type: ignore[assignment]
         if value is None:
-            value = self._cache["contact"] = _parse_contacts(self.get_all("contact"))  # type: ignore[assignment]
+            value = self._cache["contact"] = _parse_contacts(self.get_all("contact"))
         else:
             for i, item in enumerate(value):
                 if item.__class__ is re.Match:
@@ -648,5 +648,8 @@ def _validate(
             raise SipParseError("Request-URI must not carry headers")  # §19.1.1 table
     contact = index.get("contact")
     if contact is not None:
-        contacts = _one_line_items(contact, "contact") if unique else _list_items(headers, "contact")
+        if unique:
+            contacts = _one_line_items(contact, "contact")
+        else:
+            contacts = _list_items(headers, "contact")
         cache["contact"] = _check_contacts(contacts)
