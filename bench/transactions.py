@@ -1,4 +1,4 @@
-"""Transaction layer throughput: lifecycles per second and matching cost with many live transactions.
+"""Transaction layer throughput: lifecycles per second, matching cost and memory with many live transactions.
 
 Run: python bench/transactions.py [--count N] [--live N]
 
@@ -16,6 +16,7 @@ import gc
 import heapq
 import itertools
 import time
+import tracemalloc
 from typing import Callable
 
 from twisted.internet.base import DelayedCall
@@ -248,6 +249,67 @@ def matching(count: int, live: int) -> list[tuple[str, float]]:
     return results
 
 
+def live_cost(count: int, make: Callable[[TransactionLayer, SilentTU, int], None]) -> tuple[float, float]:
+    """Bytes and garbage-collector-tracked objects per live transaction that ``make`` leaves behind.
+
+    Messages are made before measuring (in pbxd they exist anyway until the
+    transaction lets go of them), so this is the layer's own cost: the
+    transaction, its timers and its table entry.
+    """
+    clock, tu, layer = new_layer()
+    inputs = [make(layer, tu, -1 - i) for i in range(count)]  # type: ignore[func-returns-value]
+    del inputs
+    gc.collect()
+    objects_before = len(gc.get_objects())
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(count):
+        make(layer, tu, i)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    gc.collect()
+    objects_after = len(gc.get_objects())
+    assert len(layer.transactions.server) + len(layer.transactions.client) >= count
+    layer.close()
+    return (after - before) / count, (objects_after - objects_before) / count
+
+
+def memory_rows(count: int) -> list[tuple[str, float, float]]:
+    prepared: dict[int, tuple[Request, Response]] = {}
+
+    def prepare(method: str, status: int) -> None:
+        prepared.clear()
+        for serial in [-1 - i for i in range(count)] + list(range(count)):
+            request = make_request(method, new_branch(), serial=serial)
+            prepared[serial] = (request, parsed_response(request, status))
+
+    def server_completed(layer: TransactionLayer, tu: SilentTU, serial: int) -> None:
+        request, response = prepared[serial]
+        layer.receive(request, PEER)
+        tu.last.respond(response)  # type: ignore[union-attr]
+
+    def client_proceeding(layer: TransactionLayer, tu: SilentTU, serial: int) -> None:
+        request, response = prepared[serial]
+        layer.send_request(request, PEER, ignore, ignore)
+        layer.receive(response, PEER)
+
+    def client_sent(layer: TransactionLayer, tu: SilentTU, serial: int) -> None:
+        layer.send_request(prepared[serial][0], PEER, ignore, ignore)
+
+    ignore = lambda *args: None  # noqa: E731
+    rows = []
+    for name, method, status, make in [
+        ("server REGISTER over UDP, Completed (Timer J)", "REGISTER", 200, server_completed),
+        ("server INVITE over UDP, Completed (Timers G, H)", "INVITE", 486, server_completed),
+        ("server INVITE over UDP, Accepted (Timer L)", "INVITE", 200, server_completed),
+        ("client INVITE over UDP, Calling (Timers A, B)", "INVITE", 180, client_sent),
+        ("client INVITE over UDP, Proceeding", "INVITE", 180, client_proceeding),
+    ]:
+        prepare(method, status)
+        rows.append((name, *live_cost(count, make)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000, help="operations per row")
@@ -271,6 +333,10 @@ def main() -> None:
     for i, (name, _) in enumerate(lookups[0]):
         elapsed = min(run[i][1] for run in lookups)
         print(f"{name:<56} {count / elapsed:>12,.0f} {elapsed / count * 1e6:>9.1f}")
+    print()
+    print(f"{'memory per live transaction (layer only, ' + format(count, ',') + ' live)':<56} {'bytes':>12} {'gc objs':>9}")
+    for name, size, objects in memory_rows(count):
+        print(f"{name:<56} {size:>12,.0f} {objects:>9.1f}")
 
 
 if __name__ == "__main__":
