@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -30,7 +30,8 @@ from twisted.logger import Logger
 from pbxd.sip.errors import SipParseError
 from pbxd.sip.ids import new_tag
 from pbxd.sip.message import Request, Response, SipMessage, make_response
-from pbxd.sip.timers import TimerSet, TimerSettings
+from pbxd.sip.timers import TimerSettings
+from pbxd.sip.wheel import Timer, TimerWheel
 
 if TYPE_CHECKING:
     from pbxd.transport.target import Target
@@ -172,15 +173,30 @@ def _is_rfc3261_branch(request: Request) -> bool:
 
 
 class _Transaction:
-    """What client and server transactions share: state, timers, reliability."""
+    """What client and server transactions share: state, timers, reliability.
 
-    __slots__ = ("_layer", "_timers", "_interval", "state", "reliable", "key", "is_invite")
+    A transaction runs at most three timers at once, one per role, each in
+    a field of its own (a dict of named timers per transaction cost more
+    than the timers, and thousands of transactions linger in Completed):
+
+    - ``_resend_timer``: Timers A, E and G, the retransmissions;
+    - ``_end_timer``: the transaction ends when it fires: Timers B, F and H
+      (timeouts) and D, I, J, K, L and M (lingering for retransmissions);
+    - ``_guard_timer``: Timer C and the §9.1 CANCEL guard of a client
+      INVITE, the 100 Trying delay of a server INVITE.
+    """
+
+    __slots__ = (
+        "_layer", "_resend_timer", "_end_timer", "_guard_timer", "_interval", "state", "reliable", "key", "is_invite",
+    )
 
     def __init__(
         self, layer: TransactionLayer, method: str, peer: Target, key: TransactionKey, state: TransactionState
     ) -> None:
         self._layer = layer
-        self._timers = TimerSet(layer.clock)
+        self._resend_timer: Timer | None = None
+        self._end_timer: Timer | None = None
+        self._guard_timer: Timer | None = None
         self._interval = layer.settings.t1  # the current retransmission interval
         self.key = key
         self.is_invite = method == "INVITE"
@@ -188,7 +204,7 @@ class _Transaction:
         self.reliable = peer.reliable
         self.state = state
 
-    def _linger(self, name: str, delay: float) -> None:
+    def _linger(self, delay: float) -> None:
         """Stay around to absorb retransmissions (Timers D, I, J, K), which over TCP or TLS last 0 s.
 
         Called after the final message is sent, so that a transport error
@@ -199,14 +215,31 @@ class _Transaction:
         if self.reliable:
             self._end()
         else:
-            self._timers.start(name, delay, self._end)
+            self._end_timer = self._rearm(self._end_timer, delay, type(self)._end)
 
     def _end(self) -> None:
         raise NotImplementedError
 
+    def _rearm(self, timer: Timer | None, delay: float, function: Callable[[Any], None]) -> Timer:
+        """Cancel ``timer`` and start ``function(self)`` in ``delay`` seconds, for the same field.
+
+        The functions are plain (unbound) ones: a bound method per timer
+        would be one more object per transaction for the collector.
+        """
+        wheel = self._layer.wheel
+        wheel.cancel(timer)
+        return wheel.call_later(delay, function, self)
+
+    def _stop_timers(self) -> None:
+        wheel = self._layer.wheel
+        wheel.cancel(self._resend_timer)
+        wheel.cancel(self._end_timer)
+        wheel.cancel(self._guard_timer)
+        self._resend_timer = self._end_timer = self._guard_timer = None
+
     def _abandon(self) -> None:
         self.state = TransactionState.TERMINATED
-        self._timers.stop_all()
+        self._stop_timers()
 
 
 def _ignore_response(response: Response) -> None:
@@ -226,7 +259,7 @@ class ClientTransaction(_Transaction):
     "transport" at most once, and only when no final response came.
     """
 
-    __slots__ = ("_ack", "request", "target", "final_response", "on_response", "on_failure")
+    __slots__ = ("_ack", "_guarding_cancel", "request", "target", "final_response", "on_response", "on_failure")
 
     def __init__(
         self,
@@ -242,6 +275,8 @@ class ClientTransaction(_Transaction):
             layer, request.method, target, key, TransactionState.CALLING if invite else TransactionState.TRYING
         )
         self._ack: Request | None = None
+        # A CANCEL was sent, and _guard_timer holds its §9.1 guard, not Timer C.
+        self._guarding_cancel = False
         self.request = request
         self.target = target
         self.final_response: Response | None = None
@@ -267,13 +302,12 @@ class ClientTransaction(_Transaction):
     def _start(self) -> None:
         settings = self._layer.settings
         if self.is_invite:
-            if not self.reliable:
-                self._timers.start("A", settings.t1, self._timer_a)  # §17.1.1.2
-            self._timers.start("B", settings.transaction_timeout, self._timeout)
-        else:
-            if not self.reliable:
-                self._timers.start("E", settings.t1, self._timer_e)  # §17.1.2.2
-            self._timers.start("F", settings.transaction_timeout, self._timeout)
+            if not self.reliable:  # Timer A, §17.1.1.2
+                self._resend_timer = self._rearm(self._resend_timer, settings.t1, ClientTransaction._timer_a)
+        elif not self.reliable:  # Timer E, §17.1.2.2
+            self._resend_timer = self._rearm(self._resend_timer, settings.t1, ClientTransaction._timer_e)
+        # Timer B or F
+        self._end_timer = self._rearm(self._end_timer, settings.transaction_timeout, ClientTransaction._timeout)
         used = self._layer.transport.send(self.request, self.target)
         if used is not None and used != self.target and self.state is not TransactionState.TERMINATED:
             # §18.1.1: the request went over TCP instead of UDP. The
@@ -282,8 +316,8 @@ class ClientTransaction(_Transaction):
             self.target = used
             if used.reliable and not self.reliable:
                 self.reliable = True
-                self._timers.stop("A")
-                self._timers.stop("E")
+                self._layer.wheel.cancel(self._resend_timer)  # Timer A or E
+                self._resend_timer = None
 
     def _receive_response(self, response: Response) -> None:
         if self.is_invite:
@@ -297,28 +331,30 @@ class ClientTransaction(_Transaction):
         if state in (TransactionState.CALLING, TransactionState.PROCEEDING):
             if status < 200:
                 self.state = TransactionState.PROCEEDING
-                self._timers.stop("A")
-                self._timers.stop("B")
+                wheel = self._layer.wheel
+                wheel.cancel(self._resend_timer)  # Timer A
+                wheel.cancel(self._end_timer)  # Timer B
+                self._resend_timer = self._end_timer = None
                 timer_c = self._layer.settings.timer_c
-                if timer_c is not None and not self._timers.running("cancel"):
+                if timer_c is not None and not self._guarding_cancel:
                     # §16.7 step 2: Timer C restarts with every provisional
                     # response. It starts here rather than when the INVITE is
                     # sent since Timer B (64*T1) ends Calling well before it.
-                    self._timers.start("C", timer_c, self._timer_c)
+                    self._guard_timer = self._rearm(self._guard_timer, timer_c, ClientTransaction._timer_c)
                 self.on_response(response)
             elif status < 300:
                 self.final_response = response
                 self.state = TransactionState.ACCEPTED  # RFC 6026 §8.4
-                self._timers.stop_all()
-                self._timers.start("M", self._layer.settings.transaction_timeout, self._end)
+                self._stop_timers()
+                self._end_timer = self._rearm(None, self._layer.settings.transaction_timeout, ClientTransaction._end)  # M
                 self.on_response(response)
             else:
                 self.final_response = response
                 self.state = TransactionState.COMPLETED
-                self._timers.stop_all()
+                self._stop_timers()
                 self._ack = make_ack(self.request, response)
                 self._send(self._ack)
-                self._linger("D", self._layer.settings.timer_d)
+                self._linger(self._layer.settings.timer_d)  # Timer D
                 self.on_response(response)
         elif state is TransactionState.ACCEPTED:
             if 200 <= status < 300:
@@ -336,8 +372,8 @@ class ClientTransaction(_Transaction):
         else:
             self.final_response = response
             self.state = TransactionState.COMPLETED
-            self._timers.stop_all()
-            self._linger("K", self._layer.settings.t4)
+            self._stop_timers()
+            self._linger(self._layer.settings.t4)  # Timer K
         self.on_response(response)
 
     def _transport_failed(self, reason: str) -> None:
@@ -357,15 +393,17 @@ class ClientTransaction(_Transaction):
         # §9.1: without a final response 64*T1 after the CANCEL, the INVITE
         # is given up. Timer C has done its job once a CANCEL is out.
         if self.state in (TransactionState.CALLING, TransactionState.PROCEEDING):
-            self._timers.stop("C")
-            if not self._timers.running("cancel"):
-                self._timers.start("cancel", self._layer.settings.transaction_timeout, self._timeout)
+            if not self._guarding_cancel:  # the guard replaces Timer C
+                self._guarding_cancel = True
+                self._guard_timer = self._rearm(
+                    self._guard_timer, self._layer.settings.transaction_timeout, ClientTransaction._timeout
+                )
 
     # -- timers -------------------------------------------------------------
 
     def _timer_a(self) -> None:
         self._interval *= 2  # §17.1.1.2: T1, 2*T1, 4*T1, ... without a cap
-        self._timers.start("A", self._interval, self._timer_a)
+        self._resend_timer = self._layer.wheel.call_later(self._interval, ClientTransaction._timer_a, self)
         self._layer.retransmissions += 1
         self._send(self.request)
 
@@ -376,7 +414,7 @@ class ClientTransaction(_Transaction):
             self._interval = settings.t2
         else:
             self._interval = min(2 * self._interval, settings.t2)
-        self._timers.start("E", self._interval, self._timer_e)
+        self._resend_timer = self._layer.wheel.call_later(self._interval, ClientTransaction._timer_e, self)
         self._layer.retransmissions += 1
         self._send(self.request)
 
@@ -403,7 +441,7 @@ class ClientTransaction(_Transaction):
         if self.state is TransactionState.TERMINATED:
             return
         self.state = TransactionState.TERMINATED
-        self._timers.stop_all()
+        self._stop_timers()
         self._layer._forget_client(self)
 
 
@@ -457,17 +495,18 @@ class ServerTransaction(_Transaction):
         if self.state is TransactionState.PROCEEDING:
             self.last_response = response
             if status < 200:
-                self._timers.stop("trying")
+                self._layer.wheel.cancel(self._guard_timer)  # the 100 Trying delay
+                self._guard_timer = None
             elif status < 300:
                 self.state = TransactionState.ACCEPTED  # RFC 6026 §7.1
-                self._timers.stop_all()
-                self._timers.start("L", settings.transaction_timeout, self._end)
+                self._stop_timers()
+                self._end_timer = self._rearm(None, settings.transaction_timeout, ServerTransaction._end)  # L
             else:
                 self.state = TransactionState.COMPLETED
-                self._timers.stop_all()
-                if not self.reliable:
-                    self._timers.start("G", settings.t1, self._timer_g)
-                self._timers.start("H", settings.transaction_timeout, self._timer_h)
+                self._stop_timers()
+                if not self.reliable:  # Timer G
+                    self._resend_timer = self._rearm(None, settings.t1, ServerTransaction._timer_g)
+                self._end_timer = self._rearm(None, settings.transaction_timeout, ServerTransaction._timer_h)
             self._send(response)
         elif self.state is TransactionState.ACCEPTED and 200 <= status < 300:
             self._send(response)
@@ -483,7 +522,7 @@ class ServerTransaction(_Transaction):
         self.state = TransactionState.COMPLETED if final else TransactionState.PROCEEDING
         self._send(response)
         if final:
-            self._linger("J", self._layer.settings.transaction_timeout)
+            self._linger(self._layer.settings.transaction_timeout)  # Timer J
 
     def _discard(self, response: Response) -> None:
         log.warn(
@@ -496,7 +535,7 @@ class ServerTransaction(_Transaction):
     def _start(self) -> None:
         if self.is_invite:
             # §17.2.1: 100 Trying unless the TU answers within 200 ms.
-            self._timers.start("trying", self._layer.settings.trying_delay, self._send_trying)
+            self._guard_timer = self._rearm(None, self._layer.settings.trying_delay, ServerTransaction._send_trying)
 
     def _receive_retransmission(self, request: Request) -> None:
         state = self.state
@@ -515,8 +554,8 @@ class ServerTransaction(_Transaction):
         state = self.state
         if state is TransactionState.COMPLETED:
             self.state = TransactionState.CONFIRMED
-            self._timers.stop_all()
-            self._linger("I", self._layer.settings.t4)
+            self._stop_timers()
+            self._linger(self._layer.settings.t4)  # Timer I
         elif state is TransactionState.ACCEPTED:
             self._layer.tu.ack_received(ack, source)  # RFC 6026 §7.1
         elif state is TransactionState.PROCEEDING:
@@ -535,13 +574,14 @@ class ServerTransaction(_Transaction):
     # -- timers -------------------------------------------------------------
 
     def _send_trying(self) -> None:
-        self._timers.stop("trying")
+        self._layer.wheel.cancel(self._guard_timer)  # the 100 Trying delay, if it has not fired
+        self._guard_timer = None
         self.last_response = make_response(self.request, 100)
         self._send(self.last_response)
 
     def _timer_g(self) -> None:
         self._interval = min(2 * self._interval, self._layer.settings.t2)  # §17.2.1
-        self._timers.start("G", self._interval, self._timer_g)
+        self._resend_timer = self._layer.wheel.call_later(self._interval, ServerTransaction._timer_g, self)
         self._layer.retransmissions += 1
         assert self.last_response is not None
         self._send(self.last_response)
@@ -559,7 +599,7 @@ class ServerTransaction(_Transaction):
         if self.state is TransactionState.TERMINATED:
             return
         self.state = TransactionState.TERMINATED
-        self._timers.stop_all()
+        self._stop_timers()
         self._layer._forget_server(self)
         if self.on_terminated is not None:
             self.on_terminated(reason)
@@ -603,6 +643,7 @@ class TransactionLayer:
         timers: TimerSettings = TimerSettings(),
     ) -> None:
         self.clock = clock
+        self.wheel = TimerWheel(clock)  # every transaction timer, on one reactor call
         self.transport = transport
         self.tu = tu
         self.settings = timers
