@@ -3,10 +3,11 @@
 Parsing splits the header section into (name, value) pairs at once and checks
 the headers every transaction depends on (Via, From, To, Call-ID, CSeq,
 Max-Forwards, Content-Length, Contact), keeping what it parsed so that the
-typed accessors cost little afterwards. From, To and Contact of the common
-``<sip:...>`` shape are checked by one regex and built into Address objects
-only when read (building them was most of the cost of a cold parse). Other
-headers stay as text until someone asks for them.
+typed accessors cost little afterwards. From, To, Contact and the
+Request-URI of the common ``sip:`` shapes are checked by one regex each and
+built into Address and SipURI objects only when read (building them was most
+of the cost of parsing a message not seen before). Other headers stay as text
+until someone asks for them.
 
 The parser is on the path of every datagram, so the common case (no folding,
 names seen before, one value per line) runs on ``str`` methods and anchored
