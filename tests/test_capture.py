@@ -138,6 +138,20 @@ def test_local_sockets_are_named_right_past_the_name_cache(clock: Clock) -> None
     assert ladder[1].first_line == "BYE x" and len(capture._local_texts) <= 256
 
 
+def test_peers_and_call_ids_are_shared_strings_and_stay_right(clock: Clock) -> None:
+    # A held call keeps a dozen messages: the peer's text and the Call-ID are one
+    # string each, not one per message; the first line is derived from the text.
+    capture = SipCapture(clock)
+    feed(capture, "in", request("INVITE", "call"))
+    feed(capture, "in", request("ACK", "call", to_tag="t"))
+    capture("out", request("BYE", "call", to_tag="t"), Target("udp", "192.0.2.30", 5070), b"no line end")
+    first, second, third = capture.ladder("call")
+    assert first.peer is second.peer and first.peer == "udp:192.0.2.10:5062"
+    assert first.call_id is second.call_id is third.call_id
+    assert third.peer == "udp:192.0.2.30:5070" and third.first_line == "no line end"
+    assert first.first_line == "INVITE sip:1002@pbx.test SIP/2.0"
+
+
 def test_broken_messages_and_peers_never_raise(clock: Clock) -> None:
     capture = SipCapture(clock)
     broken = request("INVITE", "x")

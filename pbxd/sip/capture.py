@@ -37,6 +37,7 @@ log = Logger()
 IN = "in"
 OUT = "out"
 _MAX_LOCAL_TEXTS = 256
+_MAX_PEER_TEXTS = 4096
 
 
 @attrs.frozen
@@ -48,8 +49,13 @@ class CapturedMessage:
     peer: str  # "udp:192.0.2.1:5060": where it came from or went to
     local: str  # pbxd's socket when known ("udp:127.0.0.1:5060"), else "pbxd"
     call_id: str
-    first_line: str
     text: str
+
+    @property
+    def first_line(self) -> str:
+        # Derived, not stored: a held call keeps a dozen messages, each string counts.
+        end = self.text.find("\r\n")
+        return self.text if end < 0 else self.text[:end]
 
     def to_json(self) -> dict[str, Any]:
         """One step of the ladder: time, direction, from/to address, first line, text."""
@@ -67,6 +73,7 @@ class CapturedMessage:
 
 @attrs.define
 class _CallCapture:
+    call_id: str  # one string for all the call's messages
     messages: list[CapturedMessage] = attrs.Factory(list)
     size: int = 0
     dropped: int = 0
@@ -101,6 +108,7 @@ class SipCapture:
         # walk every captured call, which made each call's end cost O(max_calls).
         self._legs: dict[str, list[str]] = {}
         self._local_texts: dict[tuple[str, Any], str] = {}
+        self._peer_texts: dict[tuple[str, str, int], str] = {}
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -126,7 +134,7 @@ class SipCapture:
         if call is None:
             if not _starts_a_call(message):
                 return
-            call = self._calls[call_id] = _CallCapture()
+            call = self._calls[call_id] = _CallCapture(call_id)
             while len(self._calls) > self.max_calls:
                 self._forget(*self._calls.popitem(last=False))
                 self.evicted += 1
@@ -136,11 +144,21 @@ class SipCapture:
             call.dropped += 1
             return
         text = data.decode("utf-8", errors="replace")
-        end = text.find("\r\n")
-        first_line = text if end < 0 else text[:end]
-        call.messages.append(CapturedMessage(now, direction, str(peer), self._local_text(peer), call_id,
-                                             first_line, text))
+        call.messages.append(CapturedMessage(now, direction, self._peer_text(peer), self._local_text(peer),
+                                             call.call_id, text))
         call.size += len(data)
+
+    def _peer_text(self, peer: Any) -> str:
+        """The peer as text: one string per peer address, shared by its messages."""
+        if not isinstance(peer, Target):
+            return str(peer)
+        key = (peer.transport, peer.host, peer.port)
+        text = self._peer_texts.get(key)
+        if text is None:
+            if len(self._peer_texts) >= _MAX_PEER_TEXTS:
+                self._peer_texts.clear()
+            text = self._peer_texts[key] = str(peer)
+        return text
 
     def _local_text(self, peer: Any) -> str:
         """pbxd's socket as text: one string per socket, shared by its messages."""
@@ -164,7 +182,7 @@ class SipCapture:
             return
         leg = self._calls.get(leg_call_id)
         if leg is None:
-            leg = self._calls[leg_call_id] = _CallCapture()
+            leg = self._calls[leg_call_id] = _CallCapture(leg_call_id)
         if leg.root is not None:
             self._unlink(leg_call_id, leg.root)
         leg.root = call_id
