@@ -1,4 +1,4 @@
-"""Transaction layer throughput: lifecycles per second, matching cost and memory with many live transactions.
+"""Transaction layer: lifecycles per second, matching cost and memory with many live transactions.
 
 Run: python bench/transactions.py [--count N] [--live N]
 
@@ -249,7 +249,9 @@ def matching(count: int, live: int) -> list[tuple[str, float]]:
     return results
 
 
-def live_cost(count: int, make: Callable[[TransactionLayer, SilentTU, int], None]) -> tuple[float, float]:
+def live_cost(
+    count: int, make: Callable[[TransactionLayer, SilentTU, int], None]
+) -> tuple[float, float]:
     """Bytes and garbage-collector-tracked objects per live transaction that ``make`` leaves behind.
 
     Messages are made before measuring (in pbxd they exist anyway until the
@@ -311,7 +313,7 @@ def memory_rows(count: int) -> list[tuple[str, float, float]]:
 
 
 def full_collection(live: int) -> tuple[float, int]:
-    """Milliseconds one full collection takes with ``live`` REGISTER server transactions in Completed.
+    """Milliseconds a full collection takes with ``live`` REGISTER server transactions in Completed.
 
     Over UDP Timer J keeps each for 32 s: at 400 transactions/s (200
     registrations/s, each challenged once) that is 13,000 at any time. The
@@ -336,6 +338,7 @@ def full_collection(live: int) -> tuple[float, int]:
     return min(pauses) * 1e3, tracked
 
 
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000, help="operations per row")
     parser.add_argument("--live", type=int, default=10_000, help="live transactions of each kind for matching")
@@ -359,14 +362,16 @@ def full_collection(live: int) -> tuple[float, int]:
         elapsed = min(run[i][1] for run in lookups)
         print(f"{name:<56} {count / elapsed:>12,.0f} {elapsed / count * 1e6:>9.1f}")
     print()
-    print(f"{'memory per live transaction (layer only, ' + format(count, ',') + ' live)':<56} {'bytes':>12} {'gc objs':>9}")
+    title = f"memory per live transaction (layer only, {count:,} live)"
+    print(f"{title:<56} {'bytes':>12} {'gc objs':>9}")
     for name, size, objects in memory_rows(count):
         print(f"{name:<56} {size:>12,.0f} {objects:>9.1f}")
     print()
     print(f"{'full collection (gc.collect) with live REGISTER txns':<56} {'ms':>12} {'gc objs':>9}")
     for live in (13_000, 40_000):
         pause, tracked = full_collection(live)
-        print(f"{format(live, ',') + ' Completed over UDP, messages included':<56} {pause:>12.1f} {tracked:>9,}")
+        name = f"{live:,} Completed over UDP, messages included"
+        print(f"{name:<56} {pause:>12.1f} {tracked:>9,}")
 
 
 if __name__ == "__main__":
