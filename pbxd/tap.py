@@ -92,7 +92,9 @@ def makeService(options: Options) -> PbxService:
         # started, as the reactor starts running.
         from twisted.internet import reactor
 
-        reactor.addSystemEventTrigger("after", "startup", tune_collector)  # type: ignore[attr-defined]
+        reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            "after", "startup", tune_collector
+        )
     return PbxService(config, log_observer=_log_observer(config, twistd_options),
                       config_path=options["config"], signals=True)
 

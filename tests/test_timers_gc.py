@@ -22,8 +22,9 @@ from pbxd.tap import GC_THRESHOLDS, Options, makeService
 # Prints the collector's state from inside twistd once the reactor runs, then stops it.
 REPORT_GC = (
     "import gc, json; from twisted.internet import reactor;"
-    " reactor.callLater(0.5, lambda: (print('GC ' + json.dumps([gc.get_threshold(), gc.get_freeze_count()]),"
-    " flush=True), reactor.stop()));"
+    " reactor.callLater(0.5, lambda: ("
+    "print('GC ' + json.dumps([gc.get_threshold(), gc.get_freeze_count()]), flush=True),"
+    " reactor.stop()));"
 )
 
 
@@ -56,7 +57,10 @@ def test_a_service_built_outside_twistd_leaves_the_collector_alone() -> None:
     before = gc.get_threshold(), gc.get_freeze_count()
     options = Options()
     options.parseOptions([])
-    options.parent = {"nodaemon": True, "logfile": None, "logger": None, "syslog": False}  # type: ignore[attr-defined]
+    # What test_tap.py passes for twistd's options: a dict, not twistd's ServerOptions.
+    options.parent = {  # type: ignore[attr-defined]
+        "nodaemon": True, "logfile": None, "logger": None, "syslog": False,
+    }
     makeService(options)
     makeService(Options())
     assert (gc.get_threshold(), gc.get_freeze_count()) == before

@@ -50,7 +50,9 @@ def test_a_timer_fires_at_its_deadline_rounded_up_to_10_ms(clock: Clock, wheel: 
     assert fired.calls == [(pytest.approx(0.13), "a")]
 
 
-def test_a_deadline_on_a_tick_is_not_pushed_to_the_next_one_by_float_noise(clock: Clock, wheel: TimerWheel) -> None:
+def test_a_deadline_on_a_tick_is_not_pushed_to_the_next_one_by_float_noise(
+    clock: Clock, wheel: TimerWheel
+) -> None:
     fired = Recorder(clock)
     clock.advance(0.1)
     clock.advance(0.2)  # 0.30000000000000004
@@ -61,7 +63,9 @@ def test_a_deadline_on_a_tick_is_not_pushed_to_the_next_one_by_float_noise(clock
     assert fired.arguments() == ["a"]
 
 
-def test_timers_fire_in_deadline_order_and_in_start_order_within_a_tick(clock: Clock, wheel: TimerWheel) -> None:
+def test_timers_fire_in_deadline_order_and_in_start_order_within_a_tick(
+    clock: Clock, wheel: TimerWheel
+) -> None:
     fired = Recorder(clock)
     wheel.call_later(3.0, fired, "late")
     wheel.call_later(1.001, fired, "tick 101, first")
@@ -92,7 +96,9 @@ def test_only_the_earliest_tick_has_a_reactor_call(clock: Clock, wheel: TimerWhe
     assert call.getTime() == 10
 
 
-def test_a_cancelled_timer_does_not_fire_and_lets_go_of_its_argument(clock: Clock, wheel: TimerWheel) -> None:
+def test_a_cancelled_timer_does_not_fire_and_lets_go_of_its_argument(
+    clock: Clock, wheel: TimerWheel
+) -> None:
     fired = Recorder(clock)
     keep = wheel.call_later(1, fired, "kept")
     dropped = wheel.call_later(1, fired, "dropped")
@@ -180,7 +186,9 @@ def test_a_timer_started_for_now_runs_on_a_later_reactor_call_not_inside_the_fir
     assert clock.getDelayedCalls() == []
 
 
-def test_a_callback_can_cancel_a_timer_due_in_the_same_turn(clock: Clock, wheel: TimerWheel) -> None:
+def test_a_callback_can_cancel_a_timer_due_in_the_same_turn(
+    clock: Clock, wheel: TimerWheel
+) -> None:
     fired = Recorder(clock)
     victims: list[Timer] = []
     wheel.call_later(1, lambda _: wheel.cancel(victims[0]), None)
@@ -193,7 +201,9 @@ def test_a_callback_can_cancel_a_timer_due_in_the_same_turn(clock: Clock, wheel:
     assert clock.getDelayedCalls() == []
 
 
-def test_a_callback_cancelling_its_bucket_mate_and_starting_another(clock: Clock, wheel: TimerWheel) -> None:
+def test_a_callback_cancelling_its_bucket_mate_and_starting_another(
+    clock: Clock, wheel: TimerWheel
+) -> None:
     fired = Recorder(clock)
     timers: dict[str, Timer] = {}
 
@@ -210,7 +220,9 @@ def test_a_callback_cancelling_its_bucket_mate_and_starting_another(clock: Clock
     assert fired.calls == [(3, "new")]
 
 
-def test_a_failing_callback_is_logged_and_the_others_still_fire(clock: Clock, wheel: TimerWheel) -> None:
+def test_a_failing_callback_is_logged_and_the_others_still_fire(
+    clock: Clock, wheel: TimerWheel
+) -> None:
     fired = Recorder(clock)
     events: list[LogEvent] = []
     globalLogPublisher.addObserver(events.append)
@@ -225,7 +237,9 @@ def test_a_failing_callback_is_logged_and_the_others_still_fire(clock: Clock, wh
     assert [e["log_failure"].type for e in events if "log_failure" in e] == [ZeroDivisionError]
 
 
-def test_many_timers_fire_once_each_in_order_on_one_reactor_call(clock: Clock, wheel: TimerWheel) -> None:
+def test_many_timers_fire_once_each_in_order_on_one_reactor_call(
+    clock: Clock, wheel: TimerWheel
+) -> None:
     rng = random.Random(8)
     deadlines: dict[int, float] = {}
     fired: list[tuple[float, int]] = []

@@ -187,7 +187,8 @@ class _Transaction:
     """
 
     __slots__ = (
-        "_layer", "_resend_timer", "_end_timer", "_guard_timer", "_interval", "state", "reliable", "key", "is_invite",
+        "_layer", "_resend_timer", "_end_timer", "_guard_timer", "_interval",
+        "state", "reliable", "key", "is_invite",
     )
 
     def __init__(
@@ -259,7 +260,10 @@ class ClientTransaction(_Transaction):
     "transport" at most once, and only when no final response came.
     """
 
-    __slots__ = ("_ack", "_guarding_cancel", "request", "target", "final_response", "on_response", "on_failure")
+    __slots__ = (
+        "_ack", "_guarding_cancel", "request", "target", "final_response",
+        "on_response", "on_failure",
+    )
 
     def __init__(
         self,
@@ -301,13 +305,11 @@ class ClientTransaction(_Transaction):
 
     def _start(self) -> None:
         settings = self._layer.settings
-        if self.is_invite:
-            if not self.reliable:  # Timer A, §17.1.1.2
-                self._resend_timer = self._rearm(self._resend_timer, settings.t1, ClientTransaction._timer_a)
-        elif not self.reliable:  # Timer E, §17.1.2.2
-            self._resend_timer = self._rearm(self._resend_timer, settings.t1, ClientTransaction._timer_e)
-        # Timer B or F
-        self._end_timer = self._rearm(self._end_timer, settings.transaction_timeout, ClientTransaction._timeout)
+        if not self.reliable:  # Timer A (§17.1.1.2) or E (§17.1.2.2)
+            resend = ClientTransaction._timer_a if self.is_invite else ClientTransaction._timer_e
+            self._resend_timer = self._rearm(self._resend_timer, settings.t1, resend)
+        timeout = settings.transaction_timeout  # Timer B or F
+        self._end_timer = self._rearm(self._end_timer, timeout, ClientTransaction._timeout)
         used = self._layer.transport.send(self.request, self.target)
         if used is not None and used != self.target and self.state is not TransactionState.TERMINATED:
             # §18.1.1: the request went over TCP instead of UDP. The
@@ -340,13 +342,17 @@ class ClientTransaction(_Transaction):
                     # §16.7 step 2: Timer C restarts with every provisional
                     # response. It starts here rather than when the INVITE is
                     # sent since Timer B (64*T1) ends Calling well before it.
-                    self._guard_timer = self._rearm(self._guard_timer, timer_c, ClientTransaction._timer_c)
+                    self._guard_timer = self._rearm(
+                        self._guard_timer, timer_c, ClientTransaction._timer_c
+                    )
                 self.on_response(response)
             elif status < 300:
                 self.final_response = response
                 self.state = TransactionState.ACCEPTED  # RFC 6026 §8.4
                 self._stop_timers()
-                self._end_timer = self._rearm(None, self._layer.settings.transaction_timeout, ClientTransaction._end)  # M
+                self._end_timer = self._rearm(  # Timer M
+                    None, self._layer.settings.transaction_timeout, ClientTransaction._end
+                )
                 self.on_response(response)
             else:
                 self.final_response = response
@@ -395,15 +401,17 @@ class ClientTransaction(_Transaction):
         if self.state in (TransactionState.CALLING, TransactionState.PROCEEDING):
             if not self._guarding_cancel:  # the guard replaces Timer C
                 self._guarding_cancel = True
-                self._guard_timer = self._rearm(
-                    self._guard_timer, self._layer.settings.transaction_timeout, ClientTransaction._timeout
-                )
+                timeout = self._layer.settings.transaction_timeout
+                guard = self._guard_timer
+                self._guard_timer = self._rearm(guard, timeout, ClientTransaction._timeout)
 
     # -- timers -------------------------------------------------------------
 
     def _timer_a(self) -> None:
         self._interval *= 2  # §17.1.1.2: T1, 2*T1, 4*T1, ... without a cap
-        self._resend_timer = self._layer.wheel.call_later(self._interval, ClientTransaction._timer_a, self)
+        self._resend_timer = self._layer.wheel.call_later(
+            self._interval, ClientTransaction._timer_a, self
+        )
         self._layer.retransmissions += 1
         self._send(self.request)
 
@@ -414,7 +422,9 @@ class ClientTransaction(_Transaction):
             self._interval = settings.t2
         else:
             self._interval = min(2 * self._interval, settings.t2)
-        self._resend_timer = self._layer.wheel.call_later(self._interval, ClientTransaction._timer_e, self)
+        self._resend_timer = self._layer.wheel.call_later(
+            self._interval, ClientTransaction._timer_e, self
+        )
         self._layer.retransmissions += 1
         self._send(self.request)
 
@@ -500,13 +510,15 @@ class ServerTransaction(_Transaction):
             elif status < 300:
                 self.state = TransactionState.ACCEPTED  # RFC 6026 §7.1
                 self._stop_timers()
-                self._end_timer = self._rearm(None, settings.transaction_timeout, ServerTransaction._end)  # L
+                timeout = settings.transaction_timeout
+                self._end_timer = self._rearm(None, timeout, ServerTransaction._end)  # Timer L
             else:
                 self.state = TransactionState.COMPLETED
                 self._stop_timers()
                 if not self.reliable:  # Timer G
                     self._resend_timer = self._rearm(None, settings.t1, ServerTransaction._timer_g)
-                self._end_timer = self._rearm(None, settings.transaction_timeout, ServerTransaction._timer_h)
+                timeout = settings.transaction_timeout
+                self._end_timer = self._rearm(None, timeout, ServerTransaction._timer_h)
             self._send(response)
         elif self.state is TransactionState.ACCEPTED and 200 <= status < 300:
             self._send(response)
@@ -535,7 +547,8 @@ class ServerTransaction(_Transaction):
     def _start(self) -> None:
         if self.is_invite:
             # §17.2.1: 100 Trying unless the TU answers within 200 ms.
-            self._guard_timer = self._rearm(None, self._layer.settings.trying_delay, ServerTransaction._send_trying)
+            delay = self._layer.settings.trying_delay
+            self._guard_timer = self._rearm(None, delay, ServerTransaction._send_trying)
 
     def _receive_retransmission(self, request: Request) -> None:
         state = self.state
@@ -581,7 +594,9 @@ class ServerTransaction(_Transaction):
 
     def _timer_g(self) -> None:
         self._interval = min(2 * self._interval, self._layer.settings.t2)  # §17.2.1
-        self._resend_timer = self._layer.wheel.call_later(self._interval, ServerTransaction._timer_g, self)
+        self._resend_timer = self._layer.wheel.call_later(
+            self._interval, ServerTransaction._timer_g, self
+        )
         self._layer.retransmissions += 1
         assert self.last_response is not None
         self._send(self.last_response)

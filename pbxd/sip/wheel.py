@@ -41,7 +41,10 @@ _SLACK = 1e-6
 
 
 class Timer:
-    """One pending ``function(argument)`` at ``tick``; ``function`` is None once it fired or was cancelled."""
+    """One pending ``function(argument)`` at ``tick``.
+
+    ``function`` is None once it fired or was cancelled.
+    """
 
     __slots__ = ("tick", "function", "argument")
 
@@ -80,7 +83,9 @@ class TimerWheel:
         """Timers started and neither fired nor cancelled."""
         return self._pending
 
-    def call_later(self, delay: float, function: Callable[[_Argument], object], argument: _Argument) -> Timer:
+    def call_later(
+        self, delay: float, function: Callable[[_Argument], object], argument: _Argument
+    ) -> Timer:
         """Call ``function(argument)`` at least ``delay`` seconds from now, within one tick."""
         tick = math.ceil((self.clock.seconds() + delay) * self.ticks_per_second - _SLACK)
         timer = Timer(tick, function, argument)
@@ -129,7 +134,8 @@ class TimerWheel:
         self._call = None
         # The reactor may be late, and the clock's float arithmetic may put
         # it a hair before the tick it was called for.
-        now = max(self._call_tick, math.floor(self.clock.seconds() * self.ticks_per_second + _SLACK))
+        now = math.floor(self.clock.seconds() * self.ticks_per_second + _SLACK)
+        now = max(self._call_tick, now)
         ticks, buckets = self._ticks, self._buckets
         due: list[list[Timer]] = []
         while ticks and ticks[0] <= now:
