@@ -1,13 +1,20 @@
-"""The call manager's dialog <-> leg maps are emptied as legs end.
+"""What an ended call leaves behind: the call manager's dialog <-> leg maps are
+emptied as legs end, and the call itself is not kept alive by its legs.
 
 A leg's end looks up its own dialogs instead of walking every dialog of every
 live call (that walk made each hang-up cost O(live calls)); these tests check
 that nothing stays behind in either map, for an answered call and for a forked
 call where the leg that lost had an early dialog of its own.
+
+An ended leg's INVITE transaction outlives the call by 64*T1 (Timers L/M) and
+holds the leg; the leg must not hold the call, or the whole call (media
+session, timers, messages) stays in memory that long.
 """
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -20,6 +27,7 @@ from call_support import (
     callee_ok,
     caller,
     drained,
+    eventually,
     pbx_config,
     start_pbx,
 )
@@ -78,3 +86,33 @@ async def test_a_forked_call_leaves_no_early_dialog_of_the_losing_leg(pbx: PbxSe
     assert len(set(bound)) >= 2
     await drained(pbx)
     assert_maps_empty(pbx)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ended_call_is_not_kept_alive_by_its_legs_transactions(pbx: PbxService, tmp_path: Path) -> None:
+    answering = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=WAIT_FOR_BYE)
+    manager = pbx.calls.manager
+    seen: list[weakref.ref] = []
+    legs: list = []
+
+    def watch(leg):  # type: ignore[no-untyped-def]
+        legs.append(leg)
+        if leg.call is not None and not any(ref() is leg.call for ref in seen):
+            seen.append(weakref.ref(leg.call))
+        started(leg)
+
+    started = manager.leg_started
+    manager.leg_started = watch
+    result = await caller(pbx, tmp_path, "1001", "1002", "udp", CALLER_HANGS_UP)
+    assert result.ok, result.explain()
+    done = await answering
+    assert callee_ok(done), done.explain()
+    await eventually(lambda: not manager.calls)
+    [call] = seen
+    # The legs' transactions are still there (64*T1 after the 2xx) ...
+    assert len(pbx.sip.core.layer.transactions) > 0
+    # ... and every leg has let go of the call, which is gone.
+    assert legs and all(leg.is_ended and leg.call is None for leg in legs)
+    gc.collect()
+    assert call() is None
+    await drained(pbx)

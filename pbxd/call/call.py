@@ -138,7 +138,9 @@ class Call:
     ) -> None:
         self.manager = manager
         self.inbound = inbound
-        inbound.call = self
+        # Every leg this call ever had, so that its end can let go of them all (_finish).
+        self._owned: list[Leg] = []
+        self._own(inbound)
         self.id = inbound.call_id
         self.from_number = from_number
         self.to_number = to_number
@@ -229,7 +231,7 @@ class Call:
                      error=str(error))
             self.statuses.append(503)
             return None
-        leg.call = self
+        self._own(leg)
         self.manager.leg_started(leg)
         self.ringing.append(leg)
         body = b""
@@ -701,6 +703,18 @@ class Call:
         self.manager.call_ended(self)
         for callback in self.ended_callbacks:
             callback(self)
+        # An ended leg's INVITE transaction lives on for 64*T1 (Timer M/L, RFC 6026) to
+        # absorb 2xx retransmissions, and it holds the leg: without this, the whole call
+        # (media session, timers, messages) stayed alive 32 s after it ended. An ended
+        # leg answers late 2xx by itself (Leg._stray_2xx); it needs no call.
+        for leg in self._owned:
+            if leg.is_ended and leg.call is self:
+                leg.call = None
+        self._owned.clear()
+
+    def _own(self, leg: Leg) -> None:
+        leg.call = self
+        self._owned.append(leg)
 
     def record(self) -> outcome.CallRecord:
         return outcome.CallRecord(
@@ -769,7 +783,7 @@ class Call:
         answers ``new``; then ``old`` is hung up. A refusal leaves the call as it was.
         """
         peer = self.peer(old)
-        new.call = self
+        self._own(new)
         if peer is None or self._busy(old):
             new.respond(491 if peer is not None else 481)
             return
@@ -818,7 +832,7 @@ class Call:
             other.a = None
         else:
             other.b = None
-        joins.call = self
+        self._own(joins)
         other.cause, other.side = outcome.TRANSFERRED, "caller"
         other_leg.bye()
         other.a = other.b = None
@@ -832,7 +846,7 @@ class Call:
             self.a = arriving
         else:
             self.b = arriving
-        arriving.call = self
+        self._own(arriving)
 
     def _reconnect(self, first: Leg, second: Leg, done: Callable[[bool], None]) -> None:
         """Make ``first`` and ``second`` talk: re-INVITE ``first`` with ``second``'s description
@@ -920,7 +934,7 @@ class Transfer:
             to_addr=Address.parse(f"<{destination.request_uri}>"), route=destination.route,
             extra_headers=destination.headers,
         )
-        leg.call = call
+        call._own(leg)
         self.new_leg = leg
         call.manager.leg_started(leg)
         self.notify.send(100)
