@@ -216,7 +216,7 @@ class Pbxd:
     """``twistd -n pbxd -c bench/configs/bench.yml`` on a free port, in a scratch directory."""
 
     def __init__(self, workdir: Path, config: Path = CONFIG, cprofile: bool = False,
-                 probe: bool = False, tracemalloc: bool = False, gc_tuned: bool = False) -> None:
+                 probe: bool = False, tracemalloc: bool = False) -> None:
         self.port = free_port()
         self.log = (workdir / "pbxd.log").open("w")
         # twistd's own profiler option: cProfile over the whole run, saved at exit.
@@ -231,8 +231,6 @@ class Pbxd:
             boot = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import memprobe;"
                     f" memprobe.install({str(self.snapshot_path)!r}); {boot}")
             env["PBXD_BENCH_TRACEMALLOC"] = "1" if tracemalloc else "0"
-        if gc_tuned:
-            boot = f"import sys; sys.path.insert(0, {str(BENCH)!r}); import gctune; gctune.install(); {boot}"
         self.process = subprocess.Popen(
             [*pinned(0), sys.executable, "-c", boot,
              "-n", "--pidfile=", *profiling, "pbxd", "-c", str(config), "--sip-port", str(self.port),
@@ -819,9 +817,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="memory: rounds (default 3)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="memory: trace pbxd's Python heap too (slows pbxd down)")
-    parser.add_argument("--gc", choices=("default", "tuned"), default="default",
-                        help="tuned: an experiment, pbxd with gc.freeze() after start-up and a"
-                             " generation-0 threshold of 50,000 (bench/gctune.py)")
     parser.add_argument("--cprofile", action="store_true",
                         help="run pbxd under cProfile and print its top functions when it stops")
     args = parser.parse_args(argv)
@@ -832,9 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     about = machine()
     print(f"{about['nproc']} CPU(s), {about['cpu']}, Python {about['python']}, {about['sipp']},"
           f" {'pbxd on CPU 0, sipp on CPU 1' if about['pinned'] else 'not pinned'},"
-          f" media {args.media}, gc {args.gc}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f" media {args.media}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results: dict[str, Any] = {"machine": about, "transport": args.transport, "media": args.media,
-                               "gc": args.gc,
                                "load_average": os.getloadavg(),
                                "duration": args.duration, "target": args.target, "benchmarks": {}}
     workdir = Path(tempfile.mkdtemp(prefix="pbxd-bench-"))
@@ -866,7 +860,7 @@ def run_benchmark(benchmark: str, workdir: Path, args: argparse.Namespace) -> li
                              f" {password(CALLERS[0])}: give it bench.yml's extensions")
         return run(workdir, host, int(port), args, None)
     pbxd = Pbxd(workdir, bench_config(workdir, args.media), cprofile=args.cprofile,
-                probe=benchmark == "memory", tracemalloc=args.tracemalloc, gc_tuned=args.gc == "tuned")
+                probe=benchmark == "memory", tracemalloc=args.tracemalloc)
     try:
         return run(workdir, "127.0.0.1", pbxd.port, args, pbxd)
     finally:
