@@ -11,6 +11,7 @@ import pytest_twisted
 from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor, task
+from twisted.internet.error import DNSLookupError
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -380,6 +381,34 @@ async def test_without_a_spool_a_failed_durable_send_is_lost_and_says_so() -> No
     finally:
         await client.stop()
     assert outcome is Delivery.LOST and client.metrics.lost == 1
+
+
+class ResolvingForever:
+    """An HTTP client whose requests are still resolving the host name: a cancel
+    surfaces as the DNSLookupError that Twisted's HostnameEndpoint gives then."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def request(self, *args, **kwargs) -> defer.Deferred:
+        self.requests += 1
+        return defer.Deferred(
+            lambda d: d.errback(DNSLookupError("Couldn't find the hostname '127.0.0.1'")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_while_connecting_ends_the_send_and_keeps_it_spooled(spool) -> None:
+    http = ResolvingForever()
+    client = WebhookClient(reactor, treq_client=http, spool=spool, backoff=30.0)
+    delivery = client.send_durable("cdr", "http://127.0.0.1:9/json", {"call_id": "c"},
+                                   retries=3)
+    while not client._in_flight:  # spooled, and its first request under way
+        await task.deferLater(reactor, 0.001)
+    await client.stop()  # fires only once the send has ended: no retry 30 s later
+    assert delivery.called and await delivery is Delivery.SPOOLED
+    assert http.requests == 1 and client.metrics.retried == 0
+    [entry] = await spool.spool_entries()
+    assert entry.attempts == 0  # a stop is not a failed round
 
 
 @pytest_twisted.ensureDeferred

@@ -112,16 +112,17 @@ class CdrPusher:
         return cls(client, cdr_config.push_url, cdr_config.headers, cdr_config.include_recording,
                    recordings_base)
 
-    def push(self, cdr: Cdr) -> defer.Deferred[Delivery]:
+    def push(self, cdr: Cdr, spooled: defer.Deferred[None] | None = None) -> defer.Deferred[Delivery]:
         """Spool and send one CDR. The Delivery says how it went (SPOOLED:
-        it waits for the receiver); the caller need not wait for it."""
+        it waits for the receiver); the caller need not wait for it, only
+        for ``spooled`` (see WebhookClient.send_durable_multipart)."""
         fields = {CALLLOG_FIELD: json.dumps(cdr_json(cdr, self.tz), separators=(",", ":"))}
         files = {}
         recording = self._recording(cdr)
         if recording is not None:
             files[AUDIO_FIELD] = recording
         return self.client.send_durable_multipart(SPOOL_KIND, self.url, fields, files,
-                                                  self.headers)
+                                                  self.headers, spooled=spooled)
 
     def _recording(self, cdr: Cdr) -> FilePart | None:
         if not self.include_recording or not cdr.recording_path:

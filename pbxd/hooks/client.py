@@ -245,9 +245,13 @@ class WebhookClient:
         self.redeliver_batch = redeliver_batch
         self.metrics = WebhookMetrics()
         self._in_flight: set[int] = set()  # spool ids being sent right now
+        # Durable sends and redelivery rounds under way: stop() cancels them, so a
+        # receiver that hangs does not hold up a shutdown (what is spooled stays).
+        self._sending: set[defer.Deferred[Any]] = set()
         # The callers waiting for the redelivery round under way, if one is.
         self._round_waiters: list[defer.Deferred[int]] | None = None
         self._loop: task.LoopingCall | None = None
+        self._stopped = False
 
     # -- plain requests -----------------------------------------------------
 
@@ -377,7 +381,9 @@ class WebhookClient:
             except _Timeout:
                 reason = f"no answer in {timeout:g} s"
             except _TRANSIENT as e:
-                if _cancelled(e):
+                # stop() cancelling a connection attempt can surface as another
+                # error (a cancelled name lookup is a DNSLookupError): no retry then.
+                if _cancelled(e) or self._stopped:
                     raise defer.CancelledError() from e
                 reason = _describe(e)
             except ResponseTooLarge as e:
@@ -467,31 +473,46 @@ class WebhookClient:
         timeout: float | None = None,
         retries: int | None = None,
         backoff: float | None = None,
+        spooled: defer.Deferred[None] | None = None,
     ) -> defer.Deferred[Delivery]:
         """Like :meth:`send_durable` for multipart; the spool keeps the file
-        paths (not the files), so the files must stay until delivered."""
+        paths (not the files), so the files must stay until delivered.
+        ``spooled``, when given, fires once the request is in the spool (or,
+        when it cannot be spooled, once it was sent or lost): what a caller
+        that must not lose it waits for, rather than the receiver."""
         envelope = {
             "format": "multipart",
             "fields": dict(fields),
             "files": {name: attrs.asdict(part) for name, part in (files or {}).items()},
         }
-        return self._send_durable(kind, url, envelope, headers, timeout, retries, backoff)
+        return self._send_durable(kind, url, envelope, headers, timeout, retries, backoff, spooled)
 
     def _send_durable(self, kind: str, url: str, envelope: dict[str, Any],
                       headers: Mapping[str, str] | None, timeout: float | None,
-                      retries: int | None, backoff: float | None) -> defer.Deferred[Delivery]:
+                      retries: int | None, backoff: float | None,
+                      spooled: defer.Deferred[None] | None = None) -> defer.Deferred[Delivery]:
         try:
             _check_url(url)
             envelope["headers"] = _envelope_headers(headers)
             blob = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as e:
+            if spooled is not None:
+                spooled.callback(None)
             return defer.fail(e)
-        return defer.Deferred.fromCoroutine(
-            self._durable(kind, url, envelope, blob, timeout, retries, backoff))
+        delivery = self._tracked(defer.Deferred.fromCoroutine(
+            self._durable(kind, url, envelope, blob, timeout, retries, backoff, spooled)))
+        if spooled is not None:
+            def settled(result: Any) -> Any:
+                # Ended before the spool took it (not spooled, or failed): nothing to wait for.
+                if not spooled.called:
+                    spooled.callback(None)
+                return result
+            delivery.addBoth(settled)
+        return delivery
 
     async def _durable(self, kind: str, url: str, envelope: dict[str, Any], blob: bytes,
                        timeout: float | None, retries: int | None,
-                       backoff: float | None) -> Delivery:
+                       backoff: float | None, spooled: defer.Deferred[None] | None = None) -> Delivery:
         entry: SpoolEntry | None = None
         if self.spool is not None:
             try:
@@ -499,18 +520,25 @@ class WebhookClient:
             except StoreError as e:
                 log.error("webhook {kind} to {url}: cannot spool ({error}); sending unspooled",
                           kind=kind, url=url, error=e)
+        if entry is not None and spooled is not None:
+            spooled.callback(None)
         if entry is None:
             try:
                 response = await self._send_envelope(url, envelope, timeout, retries, backoff)
-            except (WebhookError, OSError) as e:
+            except (WebhookError, OSError, defer.CancelledError) as e:
                 self.metrics.lost += 1
-                log.error("webhook {kind} to {url} LOST: {error}", kind=kind, url=url, error=e)
+                log.error("webhook {kind} to {url} LOST: {error}", kind=kind, url=url,
+                          error=e if not isinstance(e, defer.CancelledError) else "pbxd stopped")
                 return Delivery.LOST
             return self._judge(kind, url, response)
 
         self._in_flight.add(entry.id)
         try:
             outcome = await self._deliver_entry(entry, envelope, timeout, retries, backoff)
+        except defer.CancelledError:
+            log.info("webhook {kind} to {url}: pbxd stopped while sending; it stays spooled",
+                     kind=kind, url=url)
+            outcome = Delivery.SPOOLED
         finally:
             self._in_flight.discard(entry.id)
         if outcome is Delivery.SPOOLED:
@@ -590,11 +618,24 @@ class WebhookClient:
 
         def finished(result: Any) -> None:
             waiters, self._round_waiters = self._round_waiters or [], None
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                result = 0  # stopped: the round's entries stay spooled
             for each in waiters:
                 each.callback(result)
 
-        defer.Deferred.fromCoroutine(self._redeliver()).addBoth(finished)
+        self._tracked(defer.Deferred.fromCoroutine(self._redeliver())).addBoth(finished)
         return waiter
+
+    def _tracked(self, sending: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """``sending`` in the set that stop() cancels, until it ends."""
+        if not sending.called:
+            self._sending.add(sending)
+
+            def ended(result: Any) -> Any:
+                self._sending.discard(sending)
+                return result
+            sending.addBoth(ended)
+        return sending
 
     async def _redeliver(self) -> int:
         assert self.spool is not None
@@ -611,6 +652,8 @@ class WebhookClient:
             self._in_flight.add(entry.id)
             try:
                 outcome = await self._deliver_entry(entry, None, retries=0)
+            except defer.CancelledError:
+                raise  # stop(): the rest of the round waits in the spool
             except Exception:
                 log.failure("webhook spool: entry {id} failed unexpectedly", id=entry.id)
                 continue
@@ -629,6 +672,7 @@ class WebhookClient:
 
     def start(self, interval: float = 30.0) -> None:
         """Run :meth:`redeliver` now and every ``interval`` seconds."""
+        self._stopped = False
         if self._loop is None and self.spool is not None:
             self._loop = task.LoopingCall(self.redeliver)
             self._loop.clock = self.reactor
@@ -636,13 +680,32 @@ class WebhookClient:
                 lambda f: log.failure("webhook spool loop stopped", f))
 
     def stop(self) -> defer.Deferred[None]:
-        """Stop redelivering and close idle connections (what is spooled stays)."""
+        """Stop redelivering, give up the sends under way, and close idle
+        connections (what is spooled stays, for the next start). Fires once
+        the cancelled sends have ended, their spool updates written."""
+        self._stopped = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        under_way = [_ended(sending) for sending in self._sending]
+        for sending in list(self._sending):
+            sending.cancel()
+        settled = defer.DeferredList(under_way)
         if self._connection_pool is not None:
-            return self._connection_pool.closeCachedConnections()
-        return defer.succeed(None)
+            pool = self._connection_pool
+            settled.addCallback(lambda _: pool.closeCachedConnections())
+        return settled.addCallback(lambda _: None)
+
+
+def _ended(sending: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A Deferred that fires, with None, once ``sending`` has run its callbacks."""
+    ended: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: Any) -> Any:
+        ended.callback(None)
+        return result
+    sending.addBoth(fire)
+    return ended
 
 
 def _describe(exc: BaseException) -> str:
