@@ -2,8 +2,9 @@
 
 Run from the repository root (no arguments needed; it takes about 30 s):
 
-    python bench/parser.py            # the table
-    python bench/parser.py --quick    # fewer repeats, for a smoke run
+    python bench/parser.py                  # the table
+    python bench/parser.py --quick          # fewer repeats, for a smoke run
+    python bench/parser.py --instructions   # instructions per message (valgrind)
 
 For each message it prints parse and serialize times in microseconds (the
 median over the repeats, each repeat timing many calls with ``timeit``) and
@@ -28,12 +29,23 @@ again and again, cold each of the distinct messages once.
 Times are CPU time of this process (``time.process_time``), not wall time,
 so that other work on a shared machine disturbs them less; compare before and
 after on the same machine all the same.
+
+``--instructions`` counts instead of timing, which other load on the machine
+does not change: for each column it runs this script twice under valgrind's
+callgrind tool (``--run``), once doing the column's work on ``--count``
+messages and once only its set-up (building the datagrams, parsing what is to
+be serialized), and prints the difference per message. Garbage collection
+counts in; a run varies by about 1%.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 import timeit
@@ -142,10 +154,9 @@ def parse_and_read(data: bytes) -> None:
         message.ruri  # noqa: B018
 
 
-def main() -> None:
-    quick = "--quick" in sys.argv[1:]
+def timing_table(quick: bool) -> None:
     number, repeat = (2000, 3) if quick else (20000, 7)
-    cold_repeat = max(3, repeat // 2)
+    cold_repeat = max(5, repeat // 2)
     # More distinct messages than the caches hold, so that none stays cached.
     distinct = 2 * max(URI_CACHE_SIZE, ADDRESS_CACHE_SIZE) + 1
     print(f"load average {os.getloadavg()[0]:.2f}; µs are medians of CPU time per message")
@@ -173,6 +184,86 @@ def main() -> None:
             f"  {1e6 / warm[1]:>10,.0f} /{1e6 / cold[1]:>9,.0f} /{1e6 / read[1]:>9,.0f}"
             f"  {1e6 / serialize[1]:>12,.0f} /{1e6 / serialize_cold[1]:>11,.0f}"
         )
+
+
+COLUMNS = ("cold", "cold+read", "warm", "serialize")
+
+
+def run_column(column: str, name: str, count: int, setup_only: bool) -> None:
+    """Do one column's work on ``count`` messages (or only its set-up), for valgrind."""
+    template = MESSAGES[name]
+    # Warm up imports, regexes and the header name cache with other messages.
+    for i in range(50):
+        parse_and_read(template.format(n=10**6 + i).encode())
+    if column == "warm":
+        data = template.format(n="").encode()
+        parse_message(data)
+        for _ in range(0 if setup_only else count):
+            parse_message(data)
+        return
+    datagrams = [template.format(n=i).encode() for i in range(count)]
+    if column == "serialize":
+        messages = [parse_message(d) for d in datagrams]
+        if not setup_only:
+            for message in messages:
+                message.to_bytes()
+    elif not setup_only:
+        handle = parse_message if column == "cold" else parse_and_read
+        for data in datagrams:
+            handle(data)
+
+
+def count_instructions(column: str, name: str, count: int) -> float:
+    """Instructions per message of a column: its run minus its set-up, under callgrind."""
+    collected = []
+    for setup_only in (False, True):
+        command = [
+            "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+            sys.executable, os.path.abspath(__file__), "--run", column,
+            "--message", name, "--count", str(count),
+        ] + (["--setup-only"] if setup_only else [])
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        found = re.search(r"Collected : (\d+)", result.stderr)
+        if found is None:
+            raise SystemExit(f"no instruction count from valgrind:\n{result.stderr[-2000:]}")
+        collected.append(int(found.group(1)))
+    return (collected[0] - collected[1]) / count
+
+
+def instructions_table(names: list[str], count: int) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    print(f"instructions per message (callgrind), {count} distinct messages per column")
+    print(f"{'message':<9}" + "".join(f"  {column:>10}" for column in COLUMNS))
+    for name in names:
+        counts = [count_instructions(column, name, count) for column in COLUMNS]
+        print(f"{name:<9}" + "".join(f"  {c:>10,.0f}" for c in counts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke run")
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="count instructions per message with valgrind instead of timing",
+    )
+    parser.add_argument(
+        "--message", choices=list(MESSAGES), action="append",
+        help="with --instructions: the message(s) to count (default INVITE)",
+    )
+    parser.add_argument(
+        "--count", type=int, default=1000, help="with --instructions: messages per run (1000)"
+    )
+    parser.add_argument("--run", choices=COLUMNS, help=argparse.SUPPRESS)  # one valgrind run
+    parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    names = args.message or ["INVITE"]
+    if args.run:
+        run_column(args.run, names[0], args.count, args.setup_only)
+    elif args.instructions:
+        instructions_table(names, args.count)
+    else:
+        timing_table(args.quick)
 
 
 if __name__ == "__main__":

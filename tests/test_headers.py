@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from pbxd.sip.errors import SipParseError
@@ -287,7 +288,9 @@ def test_cseq() -> None:
 
 @pytest.mark.parametrize(
     "text", ["", "1", "INVITE", "1 ", "-1 INVITE", "2147483648 INVITE", "36893488147419103232 REGISTER",
-             "1 IN VITE", "1 INVITE extra", "x1 INVITE", "١ INVITE", "1\u00a0INVITE", "1 INVITÉ"],
+             "1 IN VITE", "1 INVITE extra", "x1 INVITE", "١ INVITE", "1\u00a0INVITE", "1 INVITÉ",
+             # The shape of the str-methods fast path, with what it must not let by.
+             "12345678901 INVITE", "1 ", " 1", "1 INVITE\r\n", "¹ INVITE", "1 ΙNVITE", "1 INVITE;"],
 )
 def test_cseq_malformed(text: str) -> None:
     with pytest.raises(SipParseError):
@@ -363,3 +366,35 @@ def test_via_rport_value_is_checked_in_any_case_on_the_fast_path() -> None:
     assert Via.parse("SIP/2.0/UDP 192.0.2.1;RPort=5060;branch=z9hG4bK1").rport == 5060
     with pytest.raises(SipParseError, match="bad rport"):
         Via.parse("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1;RPORT=0")
+
+
+# -- the value classes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, field, changed",
+    [
+        (Via.parse("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1"), "host", "192.0.2.2"),
+        (Address.parse("Bob <sip:bob@biloxi.example.com>;tag=1"), "display_name", "Robert"),
+        (CSeq.parse("1 INVITE"), "seq", 2),
+        (parse_uri("sip:bob@biloxi.example.com"), "user", "carol"),
+    ],
+)
+def test_parsed_values_are_immutable_and_compare_by_value(value: object, field: str, changed: object) -> None:
+    # Parsed values are shared through caches and between a request and its
+    # responses: no field may be set, and equal values hash alike.
+    with pytest.raises(AttributeError):
+        setattr(value, field, changed)
+    twin = attrs.evolve(value, **{field: getattr(value, field)})  # type: ignore[misc]
+    assert twin == value and hash(twin) == hash(value) and twin is not value
+    other = attrs.evolve(value, **{field: changed})  # type: ignore[misc]
+    assert getattr(other, field) == changed and other != value
+    assert f"{field}={changed!r}" in repr(other) and "_" + field not in repr(other)
+
+
+def test_value_classes_take_their_public_field_names() -> None:
+    via = Via(transport="UDP", host="192.0.2.1", port=5060, params=(("branch", "z9hG4bK1"),))
+    assert str(via) == "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1"
+    assert repr(CSeq(seq=1, method="BYE")) == "CSeq(seq=1, method='BYE')"
+    address = Address(uri=SipURI(host="h", user="u"), display_name="A", params=(("tag", "1"),))
+    assert str(address) == "A <sip:u@h>;tag=1" and address.tag == "1"

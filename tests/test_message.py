@@ -204,6 +204,10 @@ def test_content_length_with_leading_zeros_and_lws() -> None:
         ("4²", "bad Content-Length"),
         ("9" * 5000, "Content-Length out of range"),
         ("4294967296", "Content-Length out of range"),
+        # Up to 9 digits take a short cut, which must refuse what the long way does.
+        ("999999999", "Content-Length 999999999 exceeds body of 4 bytes"),
+        ("+4", "bad Content-Length"),
+        ("4 4", "bad Content-Length"),
     ],
 )
 def test_bad_content_length(value: str, reason: str) -> None:
@@ -252,13 +256,24 @@ def test_cseq_method_mismatch() -> None:
         ("CSeq: 4294967296 INVITE", "CSeq number out of range"),
         ("Max-Forwards: 256", "Max-Forwards out of range"),
         ("Max-Forwards: seventy", "bad Max-Forwards"),
+        # One and two digits take a short cut, which must refuse what the long way does.
+        ("Max-Forwards: \u0667\u0660", "bad Max-Forwards"),
+        ("Max-Forwards: \u00b2", "bad Max-Forwards"),
+        ("Max-Forwards: -1", "bad Max-Forwards"),
+        ("Max-Forwards: +7", "bad Max-Forwards"),
         ("Via:", "empty Via header"),
+        ("Via: SIP/2.0/UDP a.example.com,", "empty element"),
+        ("CSeq: 1 INVITÉ", "bad CSeq"),
+        ("CSeq: \u0661 INVITE", "bad CSeq"),
         ("Via: SIP/2.0/UDP", "bad Via"),
         ("From: Alice <sip:alice@atlanta.example.com", "missing '>'"),
         ("To: Bob, Robert <sip:bob@biloxi.example.com>", "display name"),
         ("Contact: <sip:a@b.example.com>, *", "only Contact"),
         ("Contact: <sip:a@b.example.com>,", "empty element"),
         ("Contact: <sip:a@b.example.com>;q", None),
+        ("Contact:", "empty Contact header"),
+        ("Contact: *", None),  # wildcard: a REGISTER's business to refuse elsewhere
+        ("Max-Forwards: 007", None),
         # Ports are the one check the name-addr pattern leaves to a later step.
         ("Contact: <sip:a@b.example.com:70000>", "bad port"),
         ("From: <sip:a@b.example.com:0>;tag=1", "bad port"),

@@ -72,6 +72,11 @@ async def test_options_ping_is_answered(pbx: PbxService, tmp_path: Path, transpo
     allow = re.search(r"^Allow: (.*)$", answer, re.M)
     assert allow and {"INVITE", "ACK", "CANCEL", "OPTIONS"} <= {m.strip() for m in allow.group(1).split(",")}
     assert re.search(r"^Server: pbxd/", answer, re.M)
+    # §11.2: Supported lists the option tags of the service tree: Path for the
+    # registrar (RFC 3327), replaces and timer for calls (RFC 3891, RFC 4028).
+    supported = re.search(r"^Supported: (.*)$", answer, re.M)
+    assert supported and {"path", "replaces", "timer"} <= {t.strip() for t in supported.group(1).split(",")}
+    assert re.search(r"^Accept: application/sdp", answer, re.M)
 
 
 @requires_sipp

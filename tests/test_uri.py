@@ -5,12 +5,17 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pbxd.sip.errors import SipParseError
 from pbxd.sip.headers import Address
 from pbxd.sip.uri import (
     _URI_CACHE,
     URI_CACHE_SIZE,
+    HOSTNAME_PATTERN,
+    IPV4_PATTERN,
+    PLAIN_SIP_PATTERN,
     AbsoluteURI,
     SipURI,
     TelURI,
@@ -255,3 +260,50 @@ def test_check_uri_hands_back_other_uris_parsed_or_refuses_them() -> None:
     for bad in ("sip:bob@example.com:0", "sip:bob@exa mple.com", "sip:"):
         with pytest.raises(SipParseError):
             check_uri(bad)
+
+
+# -- the fast-path patterns against the grammar ------------------------------------
+
+# RFC 3261 §25.1 as written: domainlabel = alphanum / alphanum *( alphanum / "-" )
+# alphanum; toplabel = ALPHA / ALPHA *( alphanum / "-" ) alphanum; each IPv4 part
+# 1*3DIGIT at most 255. The module's patterns are written for the regex
+# engine's speed (possessive runs, octets reordered) and must accept exactly these.
+_RFC_HOSTNAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?"
+)
+_RFC_OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
+_RFC_IPV4 = re.compile(rf"{_RFC_OCTET}(?:\.{_RFC_OCTET}){{3}}")
+# The plain sip: URI as it was before the possessive runs, as the reference.
+_RFC_PLAIN_SIP = re.compile(
+    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)@)?"
+    rf"(?:({_RFC_IPV4.pattern})|({_RFC_HOSTNAME.pattern}))"
+    r"(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)"
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.text("aZ09-.", max_size=14) | st.text("0125.9", max_size=16))
+def test_host_patterns_accept_what_the_grammar_does(text: str) -> None:
+    assert bool(re.fullmatch(HOSTNAME_PATTERN, text)) == bool(_RFC_HOSTNAME.fullmatch(text))
+    assert bool(re.fullmatch(IPV4_PATTERN, text)) == bool(_RFC_IPV4.fullmatch(text))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.text("a1-.@:;=5%/[]>", max_size=20))
+def test_plain_sip_pattern_splits_as_the_grammar_does(text: str) -> None:
+    mine, reference = re.fullmatch(PLAIN_SIP_PATTERN, text), _RFC_PLAIN_SIP.fullmatch(text)
+    assert (mine and mine.groups()) == (reference and reference.groups())
+
+
+@pytest.mark.parametrize(
+    "host", ["a", "a.b", "a-b.c-d", "a--b.com", "9a.com", "example.com.", "1.2.3.4", "1.2.3.255", "001.02.3.4"]
+)
+def test_host_patterns_accept(host: str) -> None:
+    assert validate_host(host) == host
+
+
+@pytest.mark.parametrize("host", ["a-.com", "-a.com", "a.-b", "a.9", "a..b", ".a", "1.2.3.256", "1.2.3", "a.b-"])
+def test_host_patterns_refuse(host: str) -> None:
+    with pytest.raises(SipParseError):
+        validate_host(host)

@@ -140,5 +140,6 @@ def _content_length(header: bytes) -> int | str:
         return "conflicting Content-Length headers"
     value = values.pop()
     if not value.isdigit() or len(value) > 10:
-        return f"bad Content-Length {value[:20]!r}"
+        # The value as text: it ends up in a Warning header (no b'' repr there).
+        return f"bad Content-Length {value[:20].decode('latin-1')!r}"
     return int(value)

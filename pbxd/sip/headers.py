@@ -12,7 +12,6 @@ import attrs
 
 from pbxd.sip.errors import SipParseError
 from pbxd.sip.uri import (
-    plain_hostport,
     HOSTNAME_PATTERN,
     IPV4_PATTERN,
     PLAIN_SIP_PATTERN,
@@ -23,6 +22,7 @@ from pbxd.sip.uri import (
     _format_params,
     _split_params,
     _URI_CACHE,
+    public_repr,
     is_ascii_digits,
     parse_uri,
     remember_uri,
@@ -97,8 +97,11 @@ _LWS_COLON = re.compile(r"[ \t]*:[ \t]*")
 
 # Fast paths. Each regex matches the shape nearly every message has; what it
 # does not match goes to the general code, which also explains the errors.
-# Header parameters without LWS or quoted values:
-_PLAIN_PARAMS_PATTERN = rf"(?:;[{_TOKEN_CHARS}]+(?:=[{_TOKEN_CHARS}:\[\]]+)?)*"
+# Header parameters without LWS or quoted values. Possessive (nothing is given
+# back on a failed match, which saves the regex engine keeping track): they end
+# every pattern that uses them, and no name or value holds the ';' or '=' that
+# could follow a run.
+_PLAIN_PARAMS_PATTERN = rf"(?:;[{_TOKEN_CHARS}]++(?:=[{_TOKEN_CHARS}:\[\]]++)?+)*+"
 _PLAIN_PARAMS = re.compile(_PLAIN_PARAMS_PATTERN)
 # From, To, Contact, Route: an optional display name (a quoted string without
 # escapes, or tokens), <URI> and plain parameters; or an addr-spec whose URI
@@ -301,15 +304,40 @@ def unquoted(value: str | None) -> str | None:
     return value
 
 
-@attrs.frozen
+# Via, Address and CSeq are immutable attrs classes with private fields and
+# read-only properties rather than frozen ones, to be cheap to build: see the
+# note above uri.SipURI.
+@attrs.define(unsafe_hash=True, repr=False)
 class Via:
     """One Via header value (RFC 3261 §20.42, RFC 3581 for rport)."""
 
-    transport: str
-    host: str
-    port: int | None = None
-    params: Params = ()
-    protocol: str = "SIP/2.0"
+    _transport: str
+    _host: str
+    _port: int | None = None
+    _params: Params = ()
+    _protocol: str = "SIP/2.0"
+
+    __repr__ = public_repr
+
+    @property
+    def transport(self) -> str:
+        return self._transport
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    @property
+    def protocol(self) -> str:
+        return self._protocol
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -354,14 +382,15 @@ class Via:
         return cls(transport.upper(), host, port, params)
 
     def param(self, name: str) -> str | None:
-        return _find_param(self.params, name)[1]
+        return _find_param(self._params, name)[1]
 
     def has_param(self, name: str) -> bool:
-        return _find_param(self.params, name)[0]
+        return _find_param(self._params, name)[0]
 
     @property
     def branch(self) -> str | None:
-        return self.param("branch")
+        # Read for every message: straight to the look-up, one call fewer.
+        return _find_param(self._params, "branch")[1]
 
     @property
     def received(self) -> str | None:
@@ -378,7 +407,7 @@ class Via:
 
     @property
     def sent_by(self) -> tuple[str, int | None]:
-        return self.host, self.port
+        return self._host, self._port
 
     def with_param(self, name: str, value: str | None) -> Via:
         """A copy with one parameter set (value None: a flag), replacing any old value."""
@@ -409,7 +438,7 @@ def _check_rport(params: Params, text: str) -> None:
                 raise SipParseError(f"bad rport in Via {text!r}")
 
 
-@attrs.frozen
+@attrs.define(unsafe_hash=True, repr=False)  # not frozen: see the note above Via
 class Address:
     """A name-addr or addr-spec with header parameters: From, To, Contact, Route, ...
 
@@ -417,23 +446,38 @@ class Address:
     (``tag``, ``expires``, ``q``, ...), not the URI's.
     """
 
-    uri: URI
-    display_name: str | None = None
-    params: Params = ()
+    _uri: URI
+    _display_name: str | None = None
+    _params: Params = ()
+
+    __repr__ = public_repr
+
+    @property
+    def uri(self) -> URI:
+        return self._uri
+
+    @property
+    def display_name(self) -> str | None:
+        return self._display_name
+
+    @property
+    def params(self) -> Params:
+        return self._params
 
     @classmethod
     def parse(cls, text: str) -> Address:
         return _parse_address(text)
 
     def param(self, name: str) -> str | None:
-        return _find_param(self.params, name)[1]
+        return _find_param(self._params, name)[1]
 
     def has_param(self, name: str) -> bool:
-        return _find_param(self.params, name)[0]
+        return _find_param(self._params, name)[0]
 
     @property
     def tag(self) -> str | None:
-        return self.param("tag")
+        # Read for every message: straight to the look-up, one call fewer.
+        return _find_param(self._params, "tag")[1]
 
     @property
     def sip_uri(self) -> SipURI | None:
@@ -516,9 +560,10 @@ def address_from_match(plain: re.Match[str]) -> Address:
     uri_text = text[plain.start(3) : plain.end(8)]
     uri = _URI_CACHE.get(uri_text)
     if uri is None or uri.__class__ is re.Match:
-        host, port = plain_hostport(host, ipv4, port_text, uri_text)
+        # check_address has checked the port's range; one of host and ipv4 matched.
+        port = None if port_text is None else int(port_text)
         params = _split_params(uri_params) if uri_params else ()
-        uri = SipURI(host, user, None, port, params, (), scheme.lower())
+        uri = SipURI(host or ipv4, user, None, port, params, (), scheme.lower())
         remember_uri(uri_text, uri)
     display = quoted
     if tokens is not None:
@@ -593,19 +638,36 @@ def _parse_address_general(text: str) -> Address:
     return Address(parse_uri(uri_text), display, parse_params(param_text))
 
 
-@attrs.frozen
+@attrs.define(unsafe_hash=True, repr=False)  # not frozen: see the note above Via
 class CSeq:
     """CSeq: sequence number and method (RFC 3261 §20.16, §8.1.1.5)."""
 
-    seq: int
-    method: str
+    _seq: int
+    _method: str
+
+    __repr__ = public_repr
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def method(self) -> str:
+        return self._method
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        match = _CSEQ.fullmatch(text)
-        if not match:
-            raise SipParseError(f"bad CSeq {text!r}")
-        number, method = match.groups()
+        # The usual "314159 INVITE" (one SP, a method of ASCII letters, which
+        # are token characters) by str methods; anything else by the regex.
+        number, space, method = text.partition(" ")
+        if not (
+            space and text.isascii() and number.isdigit() and len(number) <= 10
+            and method.isalpha()
+        ):
+            match = _CSEQ.fullmatch(text)
+            if not match:
+                raise SipParseError(f"bad CSeq {text!r}")
+            number, method = match.groups()
         seq = int(number)
         if seq >= 2**31:
             raise SipParseError(f"CSeq number out of range {text!r}")

@@ -489,7 +489,10 @@ def parse_message(data: bytes) -> SipMessage:
         body = data[end + 4 :]
         length_text = index.get("content-length")
         if length_text is not None:
-            length = _parse_number(length_text, "Content-Length", 2**32 - 1)
+            if len(length_text) <= 9 and is_ascii_digits(length_text):
+                length = int(length_text)  # below 2**32: _parse_number's checks, cut short
+            else:
+                length = _parse_number(length_text, "Content-Length", 2**32 - 1)
             # §18.3: over datagrams, bytes past Content-Length are discarded
             # (RFC 4475 §3.1.1.8); fewer bytes than announced is an error (§3.1.2.2).
             if length > len(body):  # type: ignore[operator]
@@ -545,9 +548,10 @@ def _parse_request_line(line: str) -> tuple[Request, SipParseError | None]:
         request.method, request.uri = parts[0], " ".join(parts[1:2])
         return request, SipParseError(f"malformed Request-Line {line[:80]!r}")
     request.method, request.uri, version = parts
-    if not is_token(request.method):
+    # The set look-up spares the token regex for the usual methods.
+    if request.method not in KNOWN_METHODS and not is_token(request.method):
         return request, SipParseError(f"bad method {request.method[:40]!r}")
-    if version.upper() == SIP_VERSION:
+    if version == SIP_VERSION or version.upper() == SIP_VERSION:
         return request, None
     if version[:4].upper() != "SIP/":
         return request, SipParseError(f"malformed Request-Line {line[:80]!r}")
@@ -632,11 +636,19 @@ def _validate(
         raise SipParseError(f"bad Call-ID {call_id[:60]!r}")
     cache = message._cache
     cache["cseq"] = cseq = CSeq.parse(index["cseq"])
-    vias = _one_line_items(index["via"], "via") if unique else _list_items(headers, "via")
-    cache["via"] = [Via.parse(item) for item in vias]
+    via = index["via"]
+    if unique and via and "," not in via:  # one Via (the usual request): no list to split
+        cache["via"] = [Via.parse(via)]
+    else:
+        vias = _one_line_items(via, "via") if unique else _list_items(headers, "via")
+        cache["via"] = [Via.parse(item) for item in vias]
     cache["from"] = check_address(index["from"])
     cache["to"] = check_address(index["to"])
-    cache["max-forwards"] = _parse_number(index.get("max-forwards"), "Max-Forwards", 255)
+    max_forwards = index.get("max-forwards")
+    if max_forwards is not None and len(max_forwards) <= 2 and is_ascii_digits(max_forwards):
+        cache["max-forwards"] = int(max_forwards)  # 0-99: _parse_number's checks, cut short
+    else:
+        cache["max-forwards"] = _parse_number(max_forwards, "Max-Forwards", 255)
     if isinstance(message, Request):
         if cseq.method != message.method:
             error = SipParseError(f"CSeq method {cseq.method} does not match {message.method}")
@@ -649,8 +661,11 @@ def _validate(
             raise SipParseError("Request-URI must not carry headers")  # §19.1.1 table
     contact = index.get("contact")
     if contact is not None:
-        if unique:
-            contacts = _one_line_items(contact, "contact")
+        if unique and contact and "," not in contact and contact != "*":  # the usual one
+            cache["contact"] = [check_address(contact)]
         else:
-            contacts = _list_items(headers, "contact")
-        cache["contact"] = _check_contacts(contacts)
+            if unique:
+                contacts = _one_line_items(contact, "contact")
+            else:
+                contacts = _list_items(headers, "contact")
+            cache["contact"] = _check_contacts(contacts)

@@ -301,6 +301,17 @@ class ClientTransaction(_Transaction):
             raise ValueError(f"only an INVITE can be cancelled, not {self.request.method}")
         return make_cancel(self.request)
 
+    def stop_retransmitting(self) -> None:
+        """Send the request no more: the TU gave up on a server that never answered.
+
+        Timer A (or E) stops; the transaction stays until Timer B (or F), so
+        that a late response still finds it and reaches the TU (a late 2xx
+        must be ACKed, §13.2.2.4). No CANCEL can go instead: none may before
+        a provisional response (§9.1).
+        """
+        self._layer.wheel.cancel(self._resend_timer)
+        self._resend_timer = None
+
     # -- driven by the layer --------------------------------------------
 
     def _start(self) -> None:

@@ -37,23 +37,34 @@ _URI_HEADERS = re.compile(rf"{_HNVCHAR}+={_HNVCHAR}*(?:&{_HNVCHAR}+={_HNVCHAR}*)
 # nothing escaped. Anything else goes the long way, which also explains errors.
 # The host patterns are shared with the Via parser. hostname = *( domainlabel
 # "." ) toplabel [ "." ]; a toplabel starts with a letter, which is what tells a
-# hostname from an IPv4 address.
+# hostname from an IPv4 address. A domainlabel (alphanum, or alphanum
+# *( alphanum / "-" ) alphanum) is written as runs of alphanumerics joined by
+# hyphens, with possessive quantifiers: nothing that can follow a label starts
+# with a letter, digit or hyphen, so giving characters back never helps, and
+# not keeping the backtracking state made the pattern a third cheaper.
+# tests/test_uri.py checks it against the grammar as the RFC writes it.
 HOSTNAME_PATTERN = (
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?"
+    r"(?:[A-Za-z0-9]++(?:-++[A-Za-z0-9]++)*+\.)*"
+    r"[A-Za-z][A-Za-z0-9]*+(?:-++[A-Za-z0-9]++)*+\.?"
 )
-# IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT, each at most 255.
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
-IPV4_PATTERN = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+# IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT, each at most
+# 255. The commonest octet form first, and the four written out rather than a
+# {3} repeat: 10% cheaper, the same language.
+_OCTET = r"(?:[01]?[0-9]?[0-9]|2[0-4][0-9]|25[0-5])"
+IPV4_PATTERN = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
 # Five groups: user, IPv4 address, hostname, port, parameters. The header
 # parser embeds it in its name-addr fast path. IPv4 is tried first: the
 # hostname pattern takes an address apart label by label before failing on
 # its last one, which made IPv4 hosts (most Contacts) the slow case. No text
 # matches both, so the order changes the speed only.
+# The possessive runs (++, *+, ?+) give nothing back: the user part is
+# followed by '@' and the parameters by '>' or the end, none of which they
+# can contain, so backtracking into them could never find a match.
 PLAIN_SIP_PATTERN = (
-    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)@)?"
+    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]++)@)?"
     rf"(?:({IPV4_PATTERN})|({HOSTNAME_PATTERN}))"
     r"(?::([0-9]{1,5}))?"
-    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)"
+    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++)?+)*+)"
 )
 _PLAIN_SIP = re.compile(PLAIN_SIP_PATTERN)
 _HOSTNAME = re.compile(HOSTNAME_PATTERN)
@@ -154,27 +165,75 @@ def _lower_unescaped(value: str | None) -> bytes | None:
 _MISSING = object()
 
 
-@attrs.frozen
+def public_repr(value: object) -> str:
+    """``Class(field=value, ...)`` by the fields' public names, as attrs would
+    write it for the read-only value classes whose fields are stored as ``_name``."""
+    fields = ", ".join(
+        f"{field.alias}={getattr(value, field.name)!r}"
+        for field in attrs.fields(type(value))  # type: ignore[misc]
+    )
+    return f"{type(value).__name__}({fields})"
+
+
+# Why not attrs.frozen: a frozen class sets each field through
+# object.__setattr__ on construction, which made a SipURI 3-4 times dearer to
+# build (8.7k against 2.1k instructions for its 7 fields), and the parser
+# builds one for nearly every address it reads. So the fields are private
+# slots, set plainly by the attrs __init__ and read through read-only
+# properties: instances stay immutable (they are shared through the parse
+# caches), attrs.evolve takes the public names, and reading a field costs a
+# property call. Via, Address and CSeq in headers.py are built the same way.
+@attrs.define(unsafe_hash=True, repr=False)
 class SipURI:
     """A ``sip:`` or ``sips:`` URI."""
 
-    host: str
-    user: str | None = None
-    password: str | None = None
-    port: int | None = None
-    params: Params = ()
-    headers: tuple[tuple[str, str], ...] = ()
-    scheme: str = "sip"
+    _host: str
+    _user: str | None = None
+    _password: str | None = None
+    _port: int | None = None
+    _params: Params = ()
+    _headers: tuple[tuple[str, str], ...] = ()
+    _scheme: str = "sip"
+
+    __repr__ = public_repr
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def user(self) -> str | None:
+        return self._user
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return self._headers
+
+    @property
+    def scheme(self) -> str:
+        return self._scheme
 
     @property
     def secure(self) -> bool:
         return self.scheme == "sips"
 
     def param(self, name: str) -> str | None:
-        return _find_param(self.params, name)[1]
+        return _find_param(self._params, name)[1]
 
     def has_param(self, name: str) -> bool:
-        return _find_param(self.params, name)[0]
+        return _find_param(self._params, name)[0]
 
     @property
     def transport(self) -> str | None:

@@ -3,7 +3,7 @@
 Receiving: bytes are parsed; a request gets received/rport in its top Via
 (§18.2.1, RFC 3581); a response must carry our own sent-by (§18.1.2); then
 ``receiver(message, source)``. A request too broken to process but with a
-usable Via is answered here, statelessly, with the parser's status.
+Via is answered here, statelessly, with the parser's status.
 
 Sending: ``send`` to a Target (reusing or opening a connection for TCP/TLS);
 ``send_response`` back to where a request came from (§18.2.2). Transport
@@ -286,11 +286,18 @@ class SipTransports:
             self._answer_statelessly(message, event.status, event.reason, connection.target)
 
     def _answer_statelessly(self, request: Request, status: int, reason: str, source: Target) -> None:
-        """Answer a request the SIP core will never see, if its Via says where to."""
+        """Answer a request the SIP core will never see, if it has a Via to copy."""
         try:
             stamp_via(request, source)
+            via_usable = True
         except SipParseError:
-            return  # no usable Via: there is no one to answer
+            # A Via that is there but broken (RFC 4475 badinv01, badvers' SIP/7.0)
+            # cannot route the answer by §18.2.2; the packet's source can, as
+            # rport would (RFC 3581). Without any Via there is nothing to copy
+            # into a response (§8.2.6.2): no answer.
+            if not any(name == "via" for name, _, _ in request.iter_raw()):
+                return
+            via_usable = False
         response = make_response(request, status)
         warning = " ".join(reason.split())  # no CR/LF into a header
         response.add("Warning", f"399 pbxd {quote(warning)}")
@@ -301,7 +308,23 @@ class SipTransports:
         else:
             if to.tag is None:
                 response.set("To", str(to.with_param("tag", new_tag())))
-        self.send_response(response, source)
+        if via_usable:
+            self.send_response(response, source)
+        else:
+            self._send_to_source(response, source)
+
+    def _send_to_source(self, response: Response, source: Target) -> None:
+        """Send a response back exactly where its request came from: the same
+        connection, or the source address and port from the receiving socket."""
+        data = response.to_bytes()
+        if self.capture is not None:
+            self.capture("out", response, source, data)
+        connection = self._open_connection(source) if source.reliable else None
+        if connection is not None:
+            self.counters.messages_out += 1
+            connection.send(data)
+        elif not source.reliable:
+            self._send_bytes(data, source)
 
     # -- sending -------------------------------------------------------------
 
