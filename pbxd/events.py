@@ -38,6 +38,8 @@ TOPICS = (REGISTRATION, CALL, TRUNK, PRESENCE, QUEUE)
 REGISTRATION_TYPES = ("registered", "unregistered", "offline")
 # Call types: a call rings, is answered, is held or resumed, ends.
 CALL_TYPES = ("ringing", "answered", "held", "resumed", "transferred", "ended")
+# Where a DTMF digit was read: an RFC 4733 telephone-event in the RTP, or a SIP INFO body.
+DTMF_SOURCES = ("rtp", "info")
 
 
 class Event(Protocol):
@@ -127,6 +129,32 @@ class CallEvent:
             if value is not None:
                 document[name] = value
         return document
+
+
+@attrs.frozen
+class DtmfEvent:
+    """A phone in a call sent a DTMF digit (for IVR and voicemail to consume).
+
+    ``track_id`` is the call leg whose phone sent it (the console's track id),
+    ``side`` whether that is the caller or the callee, ``duration`` the
+    digit's length in ms (0 when unknown: an INFO without one, or an RFC 4733
+    event whose end packets were all lost).
+    """
+
+    topic: ClassVar[str] = CALL
+
+    time: float
+    call_id: str
+    track_id: str
+    side: str
+    digit: str
+    duration: int
+    source: str = attrs.field(validator=attrs.validators.in_(DTMF_SOURCES))
+    type: str = attrs.field(default="dtmf", init=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**_envelope(self), "call_id": self.call_id, "track_id": self.track_id, "side": self.side,
+                "digit": self.digit, "duration": self.duration, "source": self.source}
 
 
 @attrs.frozen
@@ -257,6 +285,7 @@ __all__ = [
     "TOPICS",
     "TRUNK",
     "CallEvent",
+    "DtmfEvent",
     "Event",
     "EventBus",
     "RegistrationEvent",

@@ -5,7 +5,8 @@ counters the layers keep anyway (SipTransports.counters, the transaction
 layer's table and retransmissions, AuthGuard's totals, WebhookClient.metrics,
 the store's error count, the location service's size, the live calls) at
 scrape time. The only state of its own comes from the event bus: calls by
-disposition (each call's ``ended`` event) and registration events by type.
+disposition (each call's ``ended`` event), registration events by type, and
+the media relay's totals (:class:`RelayTotals`).
 
 Every metric is named ``pbxd_*``; the registry also carries the standard
 ``process_*`` and ``python_*`` collectors of prometheus-client.
@@ -26,6 +27,65 @@ from pbxd import events
 
 WEBHOOK_OUTCOMES = ("sent", "failed", "retried", "spooled", "redelivered", "rejected", "lost")
 
+# A relayed call's figures: (relay leg, figure) -> count.
+_RELAY_FIGURES = (("received", "packets"), ("sent", "packets"), ("received", "octets"), ("sent", "octets"),
+                  ("received", "lost"))
+
+
+class RelayTotals:
+    """The media relay's counters since pbxd started: the ended calls' final
+    figures plus the calls up now, so that a Prometheus counter never goes down
+    when a call ends.
+
+    A call is followed from its ``ringing`` event to its ``ended`` one (or until
+    the manager no longer holds it). Each of its figures counts as the highest
+    seen: packets and octets only grow, but a stream's ``lost`` falls when a
+    late packet turns up or the phone restarts its stream (RFC 3550 A.3), and
+    a counter must not.
+    """
+
+    def __init__(self) -> None:
+        self.ended: dict[tuple[str, str], int] = dict.fromkeys(_RELAY_FIGURES, 0)
+        self._calls: dict[str, tuple[Any, dict[tuple[str, str, str], int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def follow(self, call: Any) -> None:
+        self._calls.setdefault(call.id, (call, {}))
+
+    def ended_call(self, call_id: str) -> None:
+        followed = self._calls.pop(call_id, None)
+        if followed is not None:
+            for key, count in self._highest(*followed).items():
+                self.ended[key] += count
+
+    def totals(self, live: dict[str, Any]) -> dict[tuple[str, str], int]:
+        """Every figure summed over the ended calls and the calls up now
+        (``live``: the manager's calls by id, each followed from now on)."""
+        for call_id in [call_id for call_id in self._calls if call_id not in live]:
+            self.ended_call(call_id)  # gone without an ended event: it ended all the same
+        for call in live.values():
+            self.follow(call)
+        totals = dict(self.ended)
+        for followed in self._calls.values():
+            for key, count in self._highest(*followed).items():
+                totals[key] += count
+        return totals
+
+    @staticmethod
+    def _highest(call: Any, highest: dict[tuple[str, str, str], int]) -> dict[tuple[str, str], int]:
+        relay = getattr(call.media, "relay", None)
+        if relay is not None:
+            for leg, stats in relay.stats().items():
+                for side, figure in _RELAY_FIGURES:
+                    key = (leg, side, figure)
+                    highest[key] = max(highest.get(key, 0), int(stats[side][figure]))
+        figures = dict.fromkeys(_RELAY_FIGURES, 0)
+        for (_, side, figure), count in highest.items():
+            figures[side, figure] += count
+        return figures
+
 
 class PbxCollector(Collector):
     """Reads a :class:`pbxd.service.PbxService` tree at scrape time.
@@ -39,6 +99,7 @@ class PbxCollector(Collector):
         self.bus = bus
         self.calls_ended: dict[str, int] = {}
         self.registration_events: dict[str, int] = dict.fromkeys(events.REGISTRATION_TYPES, 0)
+        self.relay = RelayTotals()
         self._subscription = bus.subscribe(self._observe, [events.CALL, events.REGISTRATION])
 
     def close(self) -> None:
@@ -47,9 +108,15 @@ class PbxCollector(Collector):
     def _observe(self, event: Any) -> None:
         if event.topic == events.REGISTRATION:
             self.registration_events[event.type] = self.registration_events.get(event.type, 0) + 1
-        elif event.type == "ended":
+        elif getattr(event, "type", None) == "ringing":
+            calls = getattr(self.service, "calls", None)
+            call = None if calls is None else calls.manager.calls.get(event.call_id)
+            if call is not None:
+                self.relay.follow(call)
+        elif getattr(event, "type", None) == "ended":
             disposition = event.disposition or "unknown"
             self.calls_ended[disposition] = self.calls_ended.get(disposition, 0) + 1
+            self.relay.ended_call(event.call_id)
 
     def describe(self) -> list[Any]:
         # Families depend on what is built; an empty describe() keeps the
@@ -142,31 +209,34 @@ class PbxCollector(Collector):
         if calls is not None:
             active = calls.manager.active
             yield GaugeMetricFamily("pbxd_active_calls", "Calls ringing or up", value=len(active))
-            yield from self._relay([call.media for call in active if getattr(call.media, "relay", None) is not None])
+            refused = CounterMetricFamily("pbxd_calls_refused_toll_fraud",
+                                          "Calls refused by the toll-fraud guards (docs/security.md), by reason",
+                                          labels=["reason"])
+            for reason, count in calls.manager.guard_refusals.items():
+                refused.add_metric([reason], count)
+            yield refused
+            yield GaugeMetricFamily("pbxd_relayed_calls", "Calls up now whose media pbxd relays",
+                                    value=sum(getattr(call.media, "relay", None) is not None for call in active))
+            yield from self._relay(self.relay.totals(calls.manager.calls))
         ended = CounterMetricFamily("pbxd_calls", "Calls ended, by disposition", labels=["disposition"])
         for disposition, count in sorted(self.calls_ended.items()):
             ended.add_metric([disposition], count)
         yield ended
 
     @staticmethod
-    def _relay(sessions: list[Any]) -> Iterator[Any]:
-        """The media relay of the calls up now (a CDR keeps each call's figures after it)."""
-        packets = {"in": 0, "out": 0}
-        lost = 0
-        for session in sessions:
-            for leg in (session.quality() or {}).values():
-                packets["in"] += leg["received"]["packets"]
-                packets["out"] += leg["sent"]["packets"]
-                lost += leg["received"]["lost"]
-        yield GaugeMetricFamily("pbxd_relayed_calls", "Calls up now whose media pbxd relays",
-                                value=len(sessions))
-        relayed = GaugeMetricFamily("pbxd_relay_packets", "RTP packets relayed so far by the calls up now"
-                                    " (in: from the phones, out: to them)", labels=["direction"])
-        for direction, count in packets.items():
-            relayed.add_metric([direction], count)
-        yield relayed
-        yield GaugeMetricFamily("pbxd_relay_lost_packets", "RTP packets lost on the way to pbxd, calls up now",
-                                value=lost)
+    def _relay(totals: dict[tuple[str, str], int]) -> Iterator[Any]:
+        """The media relay since start (RelayTotals): ended calls and the calls up now."""
+        packets = CounterMetricFamily("pbxd_relay_packets", "RTP packets relayed (in: from the phones,"
+                                      " out: to them)", labels=["direction"])
+        octets = CounterMetricFamily("pbxd_relay_bytes", "RTP payload bytes relayed (in: from the phones,"
+                                     " out: to them)", labels=["direction"])
+        for direction, side in (("in", "received"), ("out", "sent")):
+            packets.add_metric([direction], totals[side, "packets"])
+            octets.add_metric([direction], totals[side, "octets"])
+        yield packets
+        yield octets
+        yield CounterMetricFamily("pbxd_relay_lost_packets", "RTP packets lost on the way to pbxd",
+                                  value=totals["received", "lost"])
 
     def _webhooks(self) -> Iterator[Any]:
         clients = [(name, getattr(getattr(self.service, name, None), "webhooks", None))
@@ -213,4 +283,4 @@ def build_registry(service: Any, bus: events.EventBus) -> tuple[CollectorRegistr
     return registry, collector
 
 
-__all__ = ["PbxCollector", "build_registry"]
+__all__ = ["PbxCollector", "RelayTotals", "build_registry"]

@@ -7,6 +7,7 @@ sipp call hung up from the console. Bad input everywhere."""
 from __future__ import annotations
 
 import json
+import re
 import wave
 from pathlib import Path
 from typing import Any
@@ -219,9 +220,15 @@ async def test_extensions_crud(console) -> None:
     assert console.service.sip.core.users.has_user("3001")  # live for SIP at once
     assert (await call("POST", base, {"number": "3001", "password": "x"}))[0] == 409
     status, got, _ = await call("GET", base + "/3001")
-    assert status == 200 and got["name"] == "Desk"
+    assert status == 200 and got["name"] == "Desk" and (got["max_calls"], got["dial_patterns"]) == (0, [])
     status, updated, _ = await call("PUT", base + "/3001", {"name": "Front desk", "enabled": False})
     assert status == 200 and updated["name"] == "Front desk" and updated["enabled"] is False
+    status, guarded, _ = await call("PUT", base + "/3001", {"max_calls": 1, "dial_patterns": ["00[1-9].*"]})
+    assert status == 200 and (guarded["max_calls"], guarded["dial_patterns"]) == (1, ["00[1-9].*"])
+    assert (await call("GET", base + "/3001"))[1]["dial_patterns"] == ["00[1-9].*"]
+    status, created, _ = await call("POST", base, {"number": "3003", "password": "pw", "max_calls": 3,
+                                                   "dial_patterns": [r"\+1\d{10}"]})
+    assert status == 201 and (created["max_calls"], created["dial_patterns"]) == (3, [r"\+1\d{10}"])
     status, _, _ = await call("DELETE", base + "/3001")
     assert status == 200 and not console.service.sip.core.users.has_user("3001")
     for method, url, body, expected in [
@@ -234,6 +241,11 @@ async def test_extensions_crud(console) -> None:
         ("POST", base, {"number": "a b@c", "password": "x"}, 422),
         ("POST", base, {"number": "3002"}, 400),
         ("POST", base, {"number": "3002", "password": "x", "shoe_size": 44}, 400),
+        ("POST", base, {"number": "3002", "password": "x", "dial_patterns": ["*"]}, 400),
+        ("PUT", base + "/3003", {"max_calls": -2}, 400),
+        ("PUT", base + "/3003", {"max_calls": "1"}, 400),
+        ("PUT", base + "/3003", {"dial_patterns": ["ok", None]}, 400),
+        ("PUT", base + "/3003", {"dial_patterns": {"0": "x"}}, 400),
     ]:
         status, answer, _ = await call(method, url, body)
         assert status == expected, (method, url, body, answer)
@@ -366,7 +378,7 @@ async def add_records(console, recording: str | None = None) -> list[Cdr]:
 
 @pytest_twisted.ensureDeferred
 async def test_call_records_filters_and_paging(console) -> None:
-    await add_records(console)
+    records = await add_records(console)
     base = console.base + "/console/call-records"
     status, body, _ = await call("GET", base)
     assert status == 200 and body["total"] == 4 and [r["call_id"] for r in body["records"]] == [
@@ -395,6 +407,13 @@ async def test_call_records_filters_and_paging(console) -> None:
         ("GET", base + "/999999", None, 404),
         ("GET", base + "/abc", None, 404),
         ("GET", base + "/-1/sip-flow", None, 404),
+        ("GET", base + "/abc/sip-flow", None, 404),
+        ("GET", base + "/1.5/sip-flow", None, 404),
+        ("GET", base + "/%C2%B2/sip-flow", None, 404),  # a digit, but not ASCII
+        ("GET", base + "/" + "9" * 40 + "/sip-flow", None, 404),
+        ("GET", base + "/999999/sip-flow", None, 404),
+        ("GET", base + f"/{records[0].id}/sip-flow", None, 404),  # a CDR without a ladder
+        ("GET", base + f"/{records[0].id}/sip-flow?all=1", None, 400),
     ]:
         status, answer, _ = await call(method, url, payload)
         assert status == expected, (method, url, payload, answer)
@@ -527,6 +546,19 @@ async def test_a_live_call_seen_and_hung_up_from_the_console(console, tmp_path: 
     assert step["from"].startswith("udp:127.0.0.1:") and step["to"].startswith("udp:127.0.0.1:")
     assert "Call-ID: " in step["text"]
     await drained(pbx)
+
+    # Once every transaction is over the ladder is whole; pbxd stopped and started
+    # again on the same store still shows it, from the file.
+    flow_url = f"/console/call-records/{record.id}/sip-flow"
+    status, whole, _ = await call("GET", console.base + flow_url)
+    assert status == 200 and len(whole["messages"]) >= len(flow["messages"])
+    assert whole["messages"][:len(flow["messages"])] == flow["messages"]
+    await console.stop()
+    again = serving(await start_pbx(pbx.config))
+    console.service = again.service  # the fixture stops this one
+    assert again.service.sip.capture.ladder(call_id) is None  # nothing in memory now
+    status, stored, _ = await call("GET", again.base + flow_url)
+    assert (status, stored) == (200, whole)
 
 
 @requires_sipp
@@ -676,12 +708,29 @@ async def test_media_commands_on_a_relayed_call(console, tmp_path: Path) -> None
     response = await treq.get(console.base + "/metrics", headers=bearer(READ_TOKEN))
     metrics = samples((await treq.content(response)).decode())
     assert metrics[("pbxd_relayed_calls", ())] == 1
-    assert ("pbxd_relay_packets", (("direction", "in"),)) in metrics
+    assert ("pbxd_relay_packets_total", (("direction", "in"),)) in metrics
     relay_leg = live.media.leg_for(live.b)
     assert (await call("POST", commands, {"action": "mute", "track_id": callee_track}))[0] == 200
     assert relay_leg.muted is True
     assert (await call("POST", commands, {"action": "unmute", "track_id": callee_track}))[0] == 200
     assert relay_leg.muted is False
+    # The seed's example names: audio-0 the caller's track, audio-1 the callee's.
+    caller_leg = live.media.leg_for(live.inbound)
+    assert (await call("POST", commands, {"action": "mute", "track_id": "audio-0"}))[0] == 200
+    assert (caller_leg.muted, relay_leg.muted) == (True, False)
+    assert (await call("POST", commands, {"action": "unmute", "track_id": "audio-0"}))[0] == 200
+    assert (await call("POST", commands, {"action": "mute", "track_id": "audio-1"}))[0] == 200
+    assert relay_leg.muted is True
+    assert (await call("POST", commands, {"action": "unmute", "track_id": "audio-1"}))[0] == 200
+    assert (await call("POST", commands, {"action": "mute", "track_id": "audio-2"}))[0] == 404
+    # A file in the recording's place that is no recording of ours: refused, left alone.
+    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", live.media.request.call_id)[:100]
+    in_the_way = live.media._recording_dir / f"{safe_name}.wav"
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_bytes(b"not a recording")
+    status, body, _ = await call("POST", commands, {"action": "start_recording"})
+    assert (status, in_the_way.read_bytes()) == (409, b"not a recording"), body
+    in_the_way.unlink()
     for payload, expected in [
         ({"action": "send_dtmf", "digits": "1"}, 409),  # sipp offered no telephone-event
         ({"action": "pause_recording"}, 409),  # not recording yet

@@ -95,24 +95,36 @@ async def test_an_empty_existing_file_is_migrated(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_file_one_version_old_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    # Version 2 is the file before the extensions' toll-fraud guards (migration 3):
+    # its extension row is written as the pbxd of that version wrote it.
     path = str(tmp_path / "old.sqlite")
-    old = await Store.open(path, migrations=MIGRATIONS[:-1])
-    await old.add_extension(ExtensionSpec(number="1001", password="pw", name="Old"), REALM)
+    old = await Store.open(path, migrations=MIGRATIONS[:2])
     await old.upsert_binding(binding())
+    await old.add_cdr(cdr())
     await old.close()
     with raw(Path(path)) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == len(
-            MIGRATIONS) - 1
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 2
+        conn.execute(
+            "INSERT INTO extensions (number, name, email, enabled, allow_external, voicemail_pin,"
+            " ha1_md5, ha1_sha256, realm, created_at, updated_at)"
+            " VALUES ('1001', 'Old', '', 1, 0, NULL, ?, ?, ?, 10.0, 10.0)",
+            (ha1("1001", REALM, "pw", "MD5"), ha1("1001", REALM, "pw", "SHA-256"), REALM))
 
     current = await Store.open(path)
     try:
-        assert (await current.get_extension("1001")).name == "Old"
+        kept = await current.get_extension("1001")
+        assert (kept.name, kept.allow_external, kept.ha1_md5) == ("Old", False, ha1("1001", REALM, "pw"))
+        # The columns of migration 3 exist, with "no limit" and "any number" for the old rows.
+        assert (kept.max_calls, kept.dial_patterns) == (0, ())
+        guarded = await current.update_extension("1001", max_calls=2, dial_patterns=[r"\+1\d{10}"])
+        assert await current.get_extension("1001") == guarded
+        assert (guarded.max_calls, guarded.dial_patterns) == (2, (r"\+1\d{10}",))
         assert await current.bindings_for("sip:1001@pbx.example.com") == [binding()]
-        # The tables of the last migration exist and work.
-        added = await current.add_cdr(cdr())
-        assert (await current.get_cdr(added.id)).call_id == "call-1"
+        assert [c.call_id for c in await current.list_cdrs()] == ["call-1"]
     finally:
         await current.close()
+    with raw(Path(path)) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
 
 
 @pytest_twisted.ensureDeferred
@@ -280,6 +292,55 @@ async def test_malformed_updates_write_nothing(store: Store) -> None:
     with pytest.raises(ValueError):
         await store.update_extension("1001", voicemail_pin="pin")
     assert await store.get_extension("1001") == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_toll_fraud_guards_round_trip(store: Store) -> None:
+    added = await store.add_extension(
+        ExtensionSpec(number="1001", password="pw", max_calls=2, dial_patterns=["1[0-9]{3}", r"\+44\d+"]),
+        REALM)
+    assert (added.max_calls, added.dial_patterns) == (2, ("1[0-9]{3}", r"\+44\d+"))
+    assert await store.get_extension("1001") == added
+    assert await store.list_extensions() == [added]
+    unlimited = await store.update_extension("1001", max_calls=0, dial_patterns=[])
+    assert (unlimited.max_calls, unlimited.dial_patterns) == (0, ())
+    assert await store.get_extension("1001") == unlimited
+    await store.seed_extensions([{"number": "1002", "password": "pw", "max_calls": 1,
+                                  "dial_patterns": ["9.*"]}], REALM)
+    seeded = await store.get_extension("1002")
+    assert (seeded.max_calls, seeded.dial_patterns) == (1, ("9.*",))
+
+
+@pytest.mark.parametrize("fields, error", [
+    ({"max_calls": -1}, ValueError),
+    ({"max_calls": 10001}, ValueError),
+    ({"max_calls": True}, TypeError),
+    ({"max_calls": "2"}, TypeError),
+    ({"dial_patterns": "1.*"}, TypeError),
+    ({"dial_patterns": [1]}, TypeError),
+    ({"dial_patterns": ["("]}, ValueError),
+    ({"dial_patterns": [""]}, ValueError),
+    ({"dial_patterns": ["x" * 201]}, ValueError),
+    ({"dial_patterns": ["1"] * 51}, ValueError),
+])
+def test_malformed_toll_fraud_guards_are_refused(fields: dict, error: type) -> None:
+    with pytest.raises(error):
+        ExtensionSpec(number="1001", password="pw", **fields)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_guard_update_writes_nothing(store: Store) -> None:
+    before = await store.add_extension(ExtensionSpec(number="1001", password="pw", max_calls=1), REALM)
+    with pytest.raises(ValueError, match="max_calls"):
+        await store.update_extension("1001", max_calls=-1)
+    with pytest.raises(ValueError, match=r"dial_patterns\[1\]"):
+        await store.update_extension("1001", dial_patterns=["1.*", "[0-9"])
+    assert await store.get_extension("1001") == before
+    # Nor can a write past the models store what the call layer could not read.
+    with raw(Path(store.path)) as conn:
+        for column, value in (("max_calls", -1), ("dial_patterns", "not json"), ("dial_patterns", '{"a": 1}')):
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute(f"UPDATE extensions SET {column} = ? WHERE number = '1001'", (value,))
 
 
 @pytest_twisted.ensureDeferred

@@ -103,6 +103,23 @@ async def test_reload_routes_and_config(pbx: WebPbx) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_relative_data_dir_that_names_the_same_directory_is_no_change(
+        pbx: WebPbx, monkeypatch: Any) -> None:
+    data_dir = pbx.service.config.data_dir
+    monkeypatch.chdir(data_dir.parent)
+    data = yaml.safe_load(pbx.config_path.read_text())
+    data["data_dir"] = data_dir.name
+    pbx.config_path.write_text(yaml.safe_dump(data))
+    reply = await pbx.call("POST", "/ami/v1/reload/config")
+    assert reply.status == 200 and "data_dir" not in reply.json["restart_required"], reply.json
+    data["data_dir"] = "elsewhere"
+    pbx.config_path.write_text(yaml.safe_dump(data))
+    reply = await pbx.call("POST", "/ami/v1/reload/config")
+    assert "data_dir" in reply.json["restart_required"], reply.json
+    assert pbx.service.config.data_dir == data_dir
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_bad_file_changes_nothing_and_says_why(pbx: WebPbx) -> None:
     before = pbx.service.config
     router = pbx.service.calls.manager.router.static

@@ -63,9 +63,9 @@ async def test_extensions_list_add_update_delete(pbx: WebPbx) -> None:
     assert listed.status == 200
     assert listed.json == [
         {"number": "1001", "name": "Alice", "email": "alice@pbx.test", "registered": False,
-         "allow_external": True, "enabled": True},
+         "allow_external": True, "enabled": True, "max_calls": 0, "dial_patterns": []},
         {"number": "1002", "name": "Bob", "email": "", "registered": False, "allow_external": True,
-         "enabled": True},
+         "enabled": True, "max_calls": 0, "dial_patterns": []},
     ]
     new = {"number": "1005", "name": "New User", "email": "newuser@company.com",
            "password": "securepassword123", "allow_external": True}
@@ -133,6 +133,45 @@ async def test_extension_errors(pbx: WebPbx) -> None:
     assert empty_password.status == 422
     gone = await pbx.call("DELETE", "/api/extensions/1999", token="write")
     assert gone.status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_extension_toll_fraud_guards(pbx: WebPbx) -> None:
+    new = {"number": "1006", "password": "pw-1006", "max_calls": 2, "dial_patterns": ["0[1-9][0-9]{5,}", r"\+44\d+"]}
+    assert (await pbx.call("POST", "/api/extensions", token="write", json_body=new)).status == 201
+    store = pbx.service.store.store
+    stored = await store.get_extension("1006")
+    assert (stored.max_calls, stored.dial_patterns) == (2, ("0[1-9][0-9]{5,}", r"\+44\d+"))
+    [listed] = [e for e in (await pbx.call("GET", "/api/extensions")).json if e["number"] == "1006"]
+    assert (listed["max_calls"], listed["dial_patterns"]) == (2, ["0[1-9][0-9]{5,}", r"\+44\d+"])
+    # The SIP side's directory has the new guards before the answer.
+    lookup = await pbx.service.registrar.directory.lookup("1006", stored.realm)
+    assert lookup.user.max_calls == 2 and lookup.user.may_dial("+442071234567")
+
+    updated = await pbx.call("PUT", "/api/extensions/1006", token="write", json_body={"max_calls": 0, "dial_patterns": []})
+    assert updated.status == 200
+    after = await store.get_extension("1006")
+    assert (after.max_calls, after.dial_patterns) == (0, ())
+
+    async def put(body: Any) -> tuple[int, str]:
+        reply = await pbx.call("PUT", "/api/extensions/1006", token="write", json_body=body)
+        return reply.status, reply.json["error"]
+
+    assert await put({"max_calls": -1}) == (400, "max_calls must be 0 (no limit) to 10000, not -1")
+    assert await put({"max_calls": "2"}) == (400, "the field 'max_calls' must be an integer, got a string")
+    assert await put({"max_calls": 2.5}) == (400, "the field 'max_calls' must be an integer, got a number")
+    assert await put({"max_calls": True}) == (400, "the field 'max_calls' must be an integer, got true")
+    assert await put({"dial_patterns": "0.*"}) == (400, "the field 'dial_patterns' must be a list, got a string")
+    assert await put({"dial_patterns": ["0.*", 7]}) == (400, "dial_patterns[1] must be a str, not int")
+    status, error = await put({"dial_patterns": ["0.*", "(unclosed"]})
+    assert status == 400 and error.startswith("dial_patterns[1] '(unclosed' is not a valid regular expression")
+    assert (await put({"dial_patterns": [""]}))[0] == 400
+    assert (await put({"dial_patterns": ["1"] * 51}))[0] == 400
+    bad_new = await pbx.call("POST", "/api/extensions", token="write",
+                             json_body={"number": "1007", "password": "pw", "dial_patterns": ["[0-9"]})
+    assert bad_new.status == 400
+    assert await store.get_extension("1006") == after  # nothing written by a refused change
+    assert "1007" not in {e.number for e in await store.list_extensions()}
 
 
 @pytest_twisted.ensureDeferred

@@ -16,20 +16,30 @@ ladder of a call that just ended; the outbound legs of a B2BUA call have
 their own Call-IDs and are tied to the call with :meth:`link`.
 
 Sans-IO: time comes from the injected clock, expiry runs lazily when the
-capture is used, with no timers of its own.
+capture is used, with no timers of its own. :meth:`SipCapture.call_ended`
+tells its ``ended_listeners``.
+
+:class:`LadderArchive` keeps ended calls' ladders beyond that, in the store
+(the ``sip_flows`` table), so that the console shows yesterday's call and a
+restart loses nothing: a call's ladder is written ``settle`` seconds after it
+ended, once the transactions that close it are over (sooner if the capture
+needs its room), bounded like one Call-ID of the capture; stored ladders older
+than ``retention`` are pruned.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, Callable
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pbxd.sip.errors import SipParseError
 from pbxd.sip.message import Request, SipMessage
+from pbxd.store.models import SipFlow
 from pbxd.transport.target import Target
 
 log = Logger()
@@ -110,6 +120,10 @@ class SipCapture:
         self._local_texts: dict[tuple[str, Any], str] = {}
         self._peer_texts: dict[tuple[str, str, int], str] = {}
         self.evicted = 0
+        # Told the Call-ID of each call that ends (LadderArchive.call_ended), and of
+        # each capture about to be evicted for room (LadderArchive.evicting).
+        self.ended_listeners: list[Callable[[str], None]] = []
+        self.evicting_listeners: list[Callable[[str], None]] = []
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -136,7 +150,9 @@ class SipCapture:
                 return
             call = self._calls[call_id] = _CallCapture(call_id)
             while len(self._calls) > self.max_calls:
-                self._forget(*self._calls.popitem(last=False))
+                oldest = next(iter(self._calls))
+                self._tell(self.evicting_listeners, oldest)  # while its messages are still here
+                self._forget(oldest, self._calls.pop(oldest))
                 self.evicted += 1
         else:
             self._calls.move_to_end(call_id)
@@ -197,6 +213,20 @@ class SipCapture:
                 call.ended_at = now
                 self._ending.append((now + self.grace, leg_id))
         self._expire(now)
+        self._tell(self.ended_listeners, call_id)
+
+    @staticmethod
+    def _tell(listeners: list[Callable[[str], None]], call_id: str) -> None:
+        for listener in listeners:
+            try:
+                listener(call_id)
+            except Exception:
+                log.failure("SIP capture: a listener failed on call {call_id}", call_id=call_id)
+
+    def root_of(self, call_id: str) -> str:
+        """The call a captured Call-ID belongs to (see :meth:`link`): itself unless it is a leg."""
+        call = self._calls.get(call_id)
+        return call_id if call is None or call.root is None else call.root
 
     # -- reading -------------------------------------------------------------------
 
@@ -240,6 +270,134 @@ class SipCapture:
                 del self._legs[root]
 
 
+class LadderArchive:
+    """Writes ended calls' ladders from ``capture`` to the store (see the module docstring).
+
+    ``settle``: seconds from a call's end to its write (pbxd uses Timer F,
+    64*T1: the BYE transactions are over by then, so the stored ladder is the
+    whole call). ``retention``: seconds a stored ladder is kept, 0 for as long
+    as the file (and the CDRs, which pbxd never deletes). :meth:`flush` writes
+    every pending ladder at once: a clean stop calls it (:meth:`close`) before the store closes.
+    """
+
+    PRUNE_INTERVAL = 3600.0
+
+    def __init__(self, capture: SipCapture, clock: IReactorTime, *, settle: float, retention: float) -> None:
+        if settle < 0 or retention < 0:
+            raise ValueError("settle and retention must be >= 0")
+        self.capture = capture
+        self.clock = clock
+        # Never past the capture's grace: the ladder would be gone from memory by then.
+        self.settle = min(settle, capture.grace)
+        self.retention = retention
+        self.store: Any = None  # the open Store (start); ladders ending before are not kept
+        self.written = 0  # ladders committed to the store
+        # Call-ID -> when the call ended, in end order: settle is one constant,
+        # so the first is always the next due.
+        self._ended: OrderedDict[str, float] = OrderedDict()
+        self._write_call: IDelayedCall | None = None
+        self._prune_call: IDelayedCall | None = None
+        capture.ended_listeners.append(self.call_ended)
+        capture.evicting_listeners.append(self.evicting)
+
+    def start(self, store: Any) -> None:
+        """Write to ``store`` from now on, and prune it now and every hour."""
+        self.store = store
+        if self.retention:
+            self.prune()
+
+    def close(self) -> defer.Deferred[None]:
+        """Write every pending ladder (:meth:`flush`) and stop: the store is about to close."""
+        done = self.flush()
+        if self._prune_call is not None and self._prune_call.active():
+            self._prune_call.cancel()
+        self._prune_call = None
+        self.store = None
+        return done
+
+    def call_ended(self, call_id: str) -> None:
+        if self.store is None or call_id in self._ended:
+            return
+        self._ended[call_id] = self.clock.seconds()
+        if self._write_call is None:
+            self._write_call = self.clock.callLater(self.settle, self._write_due)
+
+    def evicting(self, call_id: str) -> None:
+        """The capture needs the room of ``call_id`` (busy: over ``max_calls`` captures
+        within ``settle``): an ended call it belongs to is written now, whole."""
+        root = self.capture.root_of(call_id)
+        ended_at = self._ended.pop(root, None)
+        if ended_at is not None:
+            self._write([(root, ended_at)])
+
+    def _write_due(self) -> None:
+        self._write_call = None
+        settled = self.clock.seconds() - self.settle
+        due = []
+        while self._ended:
+            call_id, ended_at = next(iter(self._ended.items()))
+            if ended_at > settled:
+                self._write_call = self.clock.callLater(ended_at - settled, self._write_due)
+                break
+            del self._ended[call_id]
+            due.append((call_id, ended_at))
+        self._write(due)
+
+    def flush(self) -> defer.Deferred[None]:
+        """Write every pending ladder now; fires once committed."""
+        due, self._ended = list(self._ended.items()), OrderedDict()
+        if self._write_call is not None and self._write_call.active():
+            self._write_call.cancel()
+        self._write_call = None
+        return self._write(due)
+
+    def _write(self, due: list[tuple[str, float]]) -> defer.Deferred[None]:
+        flows = [flow for flow in (self.flow(call_id, ended_at) for call_id, ended_at in due) if flow is not None]
+        if not flows or self.store is None:
+            return defer.succeed(None)
+
+        def written(_: None) -> None:
+            self.written += len(flows)
+
+        def failed(failure: Any) -> None:
+            log.failure("SIP ladders of {count} calls were not stored", failure, count=len(flows))
+
+        return self.store.add_sip_flows(flows).addCallbacks(written, failed)
+
+    def flow(self, call_id: str, ended_at: float) -> SipFlow | None:
+        """The call's ladder as stored: at most the capture's ``max_messages`` and
+        ``max_bytes`` of text, the rest counted as dropped; None when nothing is held."""
+        ladder = self.capture.ladder(call_id)
+        if not ladder:
+            return None
+        kept, size = [], 0
+        for message in ladder:
+            size += len(message.text)
+            if len(kept) >= self.capture.max_messages or size > self.capture.max_bytes:
+                break
+            kept.append(message.to_json())
+        dropped = self.capture.dropped(call_id) + len(ladder) - len(kept)
+        return SipFlow(call_id=call_id, ended_at=ended_at, messages=tuple(kept), dropped=dropped)
+
+    def prune(self) -> defer.Deferred[int]:
+        """Forget the stored ladders older than ``retention``; runs again in an hour."""
+        self._prune_call = self.clock.callLater(self.PRUNE_INTERVAL, self.prune)
+        if self.store is None or not self.retention:
+            return defer.succeed(0)
+
+        def pruned(count: int) -> int:
+            if count:
+                log.info("SIP ladders: {count} older than {days:g} days forgotten", count=count,
+                         days=self.retention / 86400)
+            return count
+
+        def failed(failure: Any) -> int:
+            log.failure("SIP ladders could not be pruned", failure)
+            return 0
+
+        return self.store.prune_sip_flows(self.clock.seconds() - self.retention).addCallbacks(pruned, failed)
+
+
 def _starts_a_call(message: SipMessage) -> bool:
     """An INVITE outside any dialog (§12.1: the initial INVITE has no To tag)."""
     if not isinstance(message, Request) or message.method != "INVITE":
@@ -250,4 +408,4 @@ def _starts_a_call(message: SipMessage) -> bool:
         return False
 
 
-__all__ = ["IN", "OUT", "CapturedMessage", "SipCapture"]
+__all__ = ["IN", "OUT", "CapturedMessage", "LadderArchive", "SipCapture"]

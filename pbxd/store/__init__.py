@@ -1,4 +1,4 @@
-"""pbxd's persistent state in one SQLite file: extensions, bindings, phones, CDRs, spool."""
+"""pbxd's persistent state in one SQLite file: extensions, bindings, phones, CDRs and their SIP ladders, spool."""
 
 from pbxd.store.errors import DuplicateError, NotFoundError, SchemaError, StoreError
 from pbxd.store.models import (
@@ -7,6 +7,7 @@ from pbxd.store.models import (
     Extension,
     ExtensionSpec,
     RegisteredPhone,
+    SipFlow,
     SpoolEntry,
     binding_key,
     normalize_mac,
@@ -24,6 +25,7 @@ __all__ = [
     "NotFoundError",
     "RegisteredPhone",
     "SchemaError",
+    "SipFlow",
     "SpoolEntry",
     "Store",
     "StoreError",

@@ -121,6 +121,56 @@ def _email(instance: object, attribute: attrs.Attribute, value: object) -> None:
         raise ValueError(f"{attribute.name} {value!r} is not an e-mail address")
 
 
+# Toll-fraud guards of an extension (issue 9): bounds that keep a pattern list
+# something an operator wrote, not a payload.
+MAX_CALL_LIMIT = 10000
+MAX_DIAL_PATTERNS = 50
+MAX_DIAL_PATTERN_LENGTH = 200
+
+
+def check_max_calls(value: object) -> int:
+    """``value`` as an extension's concurrent-call limit (0: none); TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_calls must be an int, not {type(value).__name__}")
+    if not 0 <= value <= MAX_CALL_LIMIT:
+        raise ValueError(f"max_calls must be 0 (no limit) to {MAX_CALL_LIMIT}, not {value}")
+    return value
+
+
+def check_dial_patterns(value: object) -> tuple[str, ...]:
+    """``value`` (a list of regular expressions) as an extension's dial patterns;
+    TypeError/ValueError naming the field and the pattern that is wrong."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"dial_patterns must be a list of str, not {type(value).__name__}")
+    if len(value) > MAX_DIAL_PATTERNS:
+        raise ValueError(f"dial_patterns must hold at most {MAX_DIAL_PATTERNS} patterns")
+    for index, pattern in enumerate(value):
+        if not isinstance(pattern, str):
+            raise TypeError(f"dial_patterns[{index}] must be a str, not {type(pattern).__name__}")
+        if not pattern or len(pattern) > MAX_DIAL_PATTERN_LENGTH or "\x00" in pattern:
+            raise ValueError(f"dial_patterns[{index}] must be 1 to {MAX_DIAL_PATTERN_LENGTH} characters")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"dial_patterns[{index}] {pattern!r} is not a valid regular expression:"
+                             f" {error}") from None
+    return tuple(value)
+
+
+def _max_calls(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    check_max_calls(value)
+
+
+def _dial_patterns(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    check_dial_patterns(value)
+
+
+def _as_tuple(value: object) -> object:
+    # A list from JSON or YAML held as a tuple (frozen records hash); anything
+    # else is left for the validator to refuse.
+    return tuple(value) if isinstance(value, list) else value
+
+
 def normalize_mac(value: str | None) -> str | None:
     """A MAC address as 12 lower-case hex digits (``001565123456``), the form
     the REST API shows; separators ``:``, ``-`` and ``.`` are accepted."""
@@ -159,6 +209,8 @@ class ExtensionSpec:
     enabled: bool = attrs.field(default=True, validator=_flag)
     allow_external: bool = attrs.field(default=True, validator=_flag)
     voicemail_pin: str | None = attrs.field(default=None, validator=_optional_pin, repr=False)
+    max_calls: int = attrs.field(default=0, validator=_max_calls)
+    dial_patterns: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple, validator=_dial_patterns)
 
 
 @attrs.frozen(kw_only=True)
@@ -176,6 +228,10 @@ class Extension:
     realm: str = attrs.field(validator=_nonempty_text)
     created_at: float = attrs.field(validator=_time)
     updated_at: float = attrs.field(validator=_time)
+    # Toll-fraud guards (issue 9): concurrent calls it may place (0: no
+    # limit); the numbers it may send to a carrier (full matches; none: any).
+    max_calls: int = attrs.field(default=0, validator=_max_calls)
+    dial_patterns: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple, validator=_dial_patterns)
 
 
 def _path(instance: object, attribute: attrs.Attribute, value: object) -> None:
@@ -303,6 +359,31 @@ class Cdr:
             raise ValueError("answer_time is set exactly when the disposition is 'answered'")
         if self.sip_status is not None and not 100 <= self.sip_status <= 699:
             raise ValueError(f"sip_status must be 100..699, not {self.sip_status}")
+
+
+def _ladder(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(step, Mapping) for step in value):
+        raise TypeError(f"{attribute.name} must be a tuple of mappings")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{attribute.name} is not JSON-serializable: {e}") from None
+
+
+@attrs.frozen(kw_only=True)
+class SipFlow:
+    """An ended call's SIP ladder as the console shows it (pbxd.sip.capture):
+    ``messages`` are its steps in time order, each the JSON object of
+    ``CapturedMessage.to_json``; ``dropped`` the messages the bounds left out."""
+
+    call_id: str = attrs.field(validator=_nonempty_text)
+    ended_at: float = attrs.field(validator=_time)
+    messages: tuple[Mapping[str, Any], ...] = attrs.field(validator=_ladder, hash=False)
+    dropped: int = attrs.field(default=0, validator=_integer)
+
+    def __attrs_post_init__(self) -> None:
+        if self.dropped < 0:
+            raise ValueError("dropped must be >= 0")
 
 
 @attrs.frozen(kw_only=True)

@@ -110,6 +110,27 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT;
     CREATE INDEX webhook_spool_next_attempt_at ON webhook_spool (next_attempt_at);
     """,
+    # 3: the toll-fraud guards of an extension (issue 9): how many calls it may
+    # place at once (0: no limit) and the numbers it may send to a carrier, a
+    # JSON array of regular expressions ('[]': any number).
+    """
+    ALTER TABLE extensions ADD COLUMN max_calls INTEGER NOT NULL DEFAULT 0 CHECK (max_calls >= 0);
+    ALTER TABLE extensions ADD COLUMN dial_patterns TEXT NOT NULL DEFAULT '[]'
+        CHECK (json_valid(dial_patterns) AND json_type(dial_patterns) = 'array');
+    """,
+    # 4: the SIP ladder of each ended call (the console's sip-flow), keyed by the
+    # call's Call-ID as its CDR has it. ``messages`` is the ladder's steps as a
+    # zlib-compressed JSON array (SIP text shrinks about five-fold); ``dropped``
+    # counts the messages the capture's bounds left out.
+    """
+    CREATE TABLE sip_flows (
+        call_id TEXT PRIMARY KEY NOT NULL,
+        ended_at REAL NOT NULL,
+        dropped INTEGER NOT NULL DEFAULT 0 CHECK (dropped >= 0),
+        messages BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX sip_flows_ended_at ON sip_flows (ended_at);
+    """,
 )
 
 

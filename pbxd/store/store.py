@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import json
 import sqlite3
+import zlib
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import attrs
@@ -43,6 +44,7 @@ from pbxd.store.models import (
     Extension,
     ExtensionSpec,
     RegisteredPhone,
+    SipFlow,
     SpoolEntry,
     normalize_mac,
 )
@@ -123,6 +125,8 @@ def _extension_from_row(row: sqlite3.Row) -> Extension:
         enabled=bool(row["enabled"]),
         allow_external=bool(row["allow_external"]),
         voicemail_pin=row["voicemail_pin"],
+        max_calls=row["max_calls"],
+        dial_patterns=tuple(json.loads(row["dial_patterns"])),
         ha1_md5=row["ha1_md5"],
         ha1_sha256=row["ha1_sha256"],
         realm=row["realm"],
@@ -487,6 +491,8 @@ class Store:
             enabled=spec.enabled,
             allow_external=spec.allow_external,
             voicemail_pin=spec.voicemail_pin,
+            max_calls=spec.max_calls,
+            dial_patterns=spec.dial_patterns,
             ha1_md5=hashes["MD5"],
             ha1_sha256=hashes["SHA-256"],
             realm=realm,
@@ -498,11 +504,12 @@ class Store:
     def _insert_extension(cursor: Any, extension: Extension) -> None:
         cursor.execute(
             "INSERT INTO extensions (number, name, email, enabled, allow_external,"
-            " voicemail_pin, ha1_md5, ha1_sha256, realm, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " voicemail_pin, max_calls, dial_patterns, ha1_md5, ha1_sha256, realm, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 extension.number, extension.name, extension.email, int(extension.enabled),
-                int(extension.allow_external), extension.voicemail_pin, extension.ha1_md5,
+                int(extension.allow_external), extension.voicemail_pin, extension.max_calls,
+                json.dumps(list(extension.dial_patterns)), extension.ha1_md5,
                 extension.ha1_sha256, extension.realm, float(extension.created_at),
                 float(extension.updated_at),
             ),
@@ -540,6 +547,8 @@ class Store:
         enabled: bool = _KEEP,
         allow_external: bool = _KEEP,
         voicemail_pin: str | None = _KEEP,
+        max_calls: int = _KEEP,
+        dial_patterns: Sequence[str] = _KEEP,
     ) -> defer.Deferred[Extension]:
         """Change the fields given; a new password (and/or realm) replaces the HA1s.
 
@@ -554,7 +563,8 @@ class Store:
             key: value
             for key, value in dict(name=name, email=email, enabled=enabled,
                                    allow_external=allow_external,
-                                   voicemail_pin=voicemail_pin).items()
+                                   voicemail_pin=voicemail_pin, max_calls=max_calls,
+                                   dial_patterns=dial_patterns).items()
             if value is not _KEEP
         }
         now = self._reactor.seconds()
@@ -575,11 +585,12 @@ class Store:
             updated = attrs.evolve(current, **fields)
             cursor.execute(
                 "UPDATE extensions SET name = ?, email = ?, enabled = ?, allow_external = ?,"
-                " voicemail_pin = ?, ha1_md5 = ?, ha1_sha256 = ?, realm = ?, updated_at = ?"
-                " WHERE number = ?",
+                " voicemail_pin = ?, max_calls = ?, dial_patterns = ?, ha1_md5 = ?,"
+                " ha1_sha256 = ?, realm = ?, updated_at = ? WHERE number = ?",
                 (
                     updated.name, updated.email, int(updated.enabled),
-                    int(updated.allow_external), updated.voicemail_pin, updated.ha1_md5,
+                    int(updated.allow_external), updated.voicemail_pin, updated.max_calls,
+                    json.dumps(list(updated.dial_patterns)), updated.ha1_md5,
                     updated.ha1_sha256, updated.realm, float(updated.updated_at), number,
                 ),
             )
@@ -909,6 +920,56 @@ class Store:
             return _cdr_from_row(row)
 
         return self._run("get_cdr", get)
+
+    # -- SIP ladders of ended calls --------------------------------------------------
+
+    def add_sip_flows(self, flows: Sequence[SipFlow]) -> defer.Deferred[None]:
+        """Keep ended calls' SIP ladders (one replaces an earlier one of its Call-ID).
+
+        Group-committed like the REGISTER path's writes: the calls that end
+        together share one transaction. Fires once it has committed.
+        """
+        if not all(isinstance(flow, SipFlow) for flow in flows):
+            return defer.fail(TypeError("add_sip_flows takes SipFlows"))
+        rows = [(flow.call_id, float(flow.ended_at), flow.dropped,
+                 json.dumps(flow.messages, allow_nan=False, separators=(",", ":")).encode())
+                for flow in flows]
+
+        def add(cursor: Any) -> None:
+            # Compressed here, in the pool thread: zlib lets go of the GIL, the reactor goes on.
+            cursor.executemany(
+                "INSERT INTO sip_flows (call_id, ended_at, dropped, messages) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (call_id) DO UPDATE SET ended_at = excluded.ended_at,"
+                " dropped = excluded.dropped, messages = excluded.messages",
+                [(call_id, ended_at, dropped, zlib.compress(text)) for call_id, ended_at, dropped, text in rows])
+
+        return self._grouped("add_sip_flows", add)
+
+    def get_sip_flow(self, call_id: str) -> defer.Deferred[SipFlow]:
+        """The stored ladder of the call with that Call-ID; NotFoundError if there is none."""
+
+        def get(cursor: Any) -> SipFlow:
+            cursor.execute("SELECT * FROM sip_flows WHERE call_id = ?", (call_id,))
+            row = cursor.fetchone()
+            if row is None:
+                raise NotFoundError(f"no SIP ladder of call {call_id}")
+            try:
+                steps = json.loads(zlib.decompress(row["messages"]))
+            except (zlib.error, ValueError) as e:
+                raise StoreError(f"the SIP ladder of call {call_id} is unreadable: {e}") from None
+            return SipFlow(call_id=row["call_id"], ended_at=row["ended_at"], dropped=row["dropped"],
+                           messages=tuple(steps))
+
+        return self._run("get_sip_flow", get)
+
+    def prune_sip_flows(self, ended_before: float) -> defer.Deferred[int]:
+        """Forget the ladders of calls that ended before ``ended_before``; fires with how many."""
+
+        def prune(cursor: Any) -> int:
+            cursor.execute("DELETE FROM sip_flows WHERE ended_at < ?", (float(ended_before),))
+            return int(cursor.rowcount)
+
+        return self._run("prune_sip_flows", prune)
 
     # -- webhook spool ------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from pbxd import __version__
 from pbxd.call.call import CallState
 from pbxd.call.routing import StaticRouter
-from pbxd.config import Config, ConfigError, load_config
+from pbxd.config import Config, ConfigError, load_config, with_absolute_paths
 from pbxd.web.app import WebContext, client_address
 from pbxd.web.errors import HttpError, check_query, error_body, install, write_json
 
@@ -183,6 +183,9 @@ class Operations:
         configuration in force: the new values taken, the old ones kept.
         """
         pbx = self.web.pbx
+        # As at start-up: a relative data directory is the one pbxd started in,
+        # so an unchanged relative path does not read as a change needing a restart.
+        new = with_absolute_paths(new)
         old: Config = pbx.config
         in_force = old
         applied: list[str] = []

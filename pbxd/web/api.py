@@ -30,7 +30,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,13 @@ from pbxd.config import Config, ConfigError, parse_config, to_data, yaml_data
 from pbxd.hooks.cdr_push import _timestamp as iso_time
 from pbxd.hooks.cdr_push import cdr_json
 from pbxd.store import DuplicateError, Extension, NotFoundError, RegisteredPhone, Store, normalize_mac
-from pbxd.store.models import DISPOSITIONS, ExtensionSpec, is_extension_number
+from pbxd.store.models import (
+    DISPOSITIONS,
+    ExtensionSpec,
+    check_dial_patterns,
+    check_max_calls,
+    is_extension_number,
+)
 from pbxd.web.ami import Operations
 from pbxd.web.app import WebContext
 from pbxd.web.auth import ADMIN, READ, WRITE, requires
@@ -78,6 +84,19 @@ def _short(limit: int) -> Any:
     return check
 
 
+def _valid(check: Callable[[Any], Any]) -> Any:
+    """A Field check from one of the store's value checks: its complaint (which
+    names the field, and the pattern at fault) is the 400's message."""
+    def reason(value: Any) -> str | None:
+        try:
+            check(value)
+        except (TypeError, ValueError) as error:
+            raise HttpError(400, str(error)) from None
+        return None
+
+    return reason
+
+
 EXTENSION_FIELDS = {
     "name": Field(str, check=_short(200)),
     "email": Field(str, check=_short(254)),
@@ -85,6 +104,10 @@ EXTENSION_FIELDS = {
     "allow_external": Field(bool),
     "enabled": Field(bool),
     "voicemail_pin": Field(str, nullable=True),
+    # Toll-fraud guards: checked here, so that a negative limit or a pattern
+    # that does not compile is the client's 400, never the store's refusal.
+    "max_calls": Field(int, check=_valid(check_max_calls)),
+    "dial_patterns": Field(list, check=_valid(check_dial_patterns)),
 }
 NEW_EXTENSION = {
     "number": Field(str, required=True),
@@ -446,7 +469,7 @@ class ApiTree:
         return write_json(request, [
             {"number": e.number, "name": e.name, "email": e.email,
              "registered": self._registered(e.number), "allow_external": e.allow_external,
-             "enabled": e.enabled}
+             "enabled": e.enabled, "max_calls": e.max_calls, "dial_patterns": list(e.dial_patterns)}
             for e in await self._store().list_extensions()
         ])
 

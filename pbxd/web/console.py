@@ -26,7 +26,8 @@ What:
   registers, a removed one unregisters, a changed one does both.
 - ``/call-records``: CDRs with filters and paging (GET query or POST body),
   one record, its recording (HTTP Range: 206 and 416 as RFC 9110 §14) and
-  its SIP ladder from the in-memory capture (pbxd.sip.capture).
+  its SIP ladder: from the in-memory capture while the call is up and for the
+  capture's grace after, then from the store (pbxd.sip.capture.LadderArchive).
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ def iso(seconds: float | None) -> str | None:
 def extension_json(extension: Extension, registered: bool) -> dict[str, Any]:
     return {"number": extension.number, "name": extension.name, "email": extension.email,
             "enabled": extension.enabled, "allow_external": extension.allow_external,
+            "max_calls": extension.max_calls, "dial_patterns": list(extension.dial_patterns),
             "registered": registered, "created_at": iso(extension.created_at),
             "updated_at": iso(extension.updated_at)}
 
@@ -460,7 +462,14 @@ class ConsoleTree:
         if action == "start_recording":
             if recorder is not None:
                 raise HttpError(409, f"call {call.id} is being recorded already")
-            return f"recording to {media.start_recording()}"
+            try:
+                return f"recording to {media.start_recording()}"
+            except FileExistsError as error:
+                # Not one of our recordings in this format: left untouched.
+                raise HttpError(409, f"call {call.id} cannot be recorded: {error}") from None
+            except OSError as error:  # a full disk, a directory not writable
+                log.error("console: recording call {call} failed to start: {error}", call=call.id, error=str(error))
+                raise HttpError(503, f"call {call.id} cannot be recorded: {error.strerror or error}") from None
         if recorder is None:
             raise HttpError(409, f"call {call.id} is not being recorded")
         if action == "stop_recording":
@@ -476,6 +485,10 @@ class ConsoleTree:
     def _leg(call: Any, track_id: str | None) -> Any:
         if track_id is None:
             return None
+        # The seed's own example names tracks audio-0, audio-1: the caller's, the callee's.
+        by_position = {"audio-0": call.inbound, "audio-1": call.b}
+        if by_position.get(track_id) is not None:
+            return by_position[track_id]
         for leg in (call.inbound, call.b, *call.ringing):
             if leg is not None and leg.id == track_id:
                 return leg
@@ -787,12 +800,19 @@ class ConsoleTree:
         record = await self._record(record_id)
         capture = self.pbx.sip.capture
         ladder = capture.ladder(record.call_id)
-        if ladder is None:
-            raise HttpError(404, f"no SIP capture of call record {record_id}: captures are kept in"
-                                 f" memory, for {int(capture.grace)} s after a call ends")
-        return write_json(request, {"id": record.id, "call_id": record.call_id,
-                                    "dropped": capture.dropped(record.call_id),
-                                    "messages": [message.to_json() for message in ladder]})
+        if ladder is not None:  # a live call, or one that ended in the capture's grace
+            dropped, messages = capture.dropped(record.call_id), [message.to_json() for message in ladder]
+        else:
+            try:
+                flow = await self.extensions.store().get_sip_flow(record.call_id)
+            except NotFoundError:
+                days = self.web.config.console.sip_flow_days
+                kept = f"for {days} days" if days else "as long as the CDR"
+                raise HttpError(404, f"no SIP ladder of call record {record_id}: a call's ladder is"
+                                     f" stored {kept} once it is over (console.sip_flow_days)") from None
+            dropped, messages = flow.dropped, list(flow.messages)
+        return write_json(request, {"id": record.id, "call_id": record.call_id, "dropped": dropped,
+                                    "messages": messages})
 
 
 _BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
