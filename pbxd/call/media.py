@@ -26,9 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import attrs
 
+from pbxd.sip.sdp import bump_version, parse_sdp
+
 if TYPE_CHECKING:
     from pbxd.call.leg import Leg
     from pbxd.call.routing import RouteDecision
+    from pbxd.media.dtmf import DtmfDigit
 
 
 class NotAcceptable(Exception):
@@ -43,12 +46,19 @@ class MediaSession(Protocol):
     # Set by the call: called when media stopped both ways for too long
     # (never while on hold); the call hangs up with cause media_timeout.
     on_timeout: Callable[[], None] | None
+    # Set by the call: called with the call leg whose phone sent an RFC 4733
+    # digit, for each digit read from the media (never with direct media).
+    on_dtmf: Callable[[Leg, DtmfDigit], None] | None
 
     def offer_to(self, leg: Leg, sdp: bytes) -> bytes:
         """The offer to send to ``leg`` in place of ``sdp`` (its peer's offer)."""
 
     def answer_to(self, leg: Leg, sdp: bytes) -> bytes:
         """The answer to send to ``leg`` in place of ``sdp`` (its peer's answer)."""
+
+    def own_offer(self, leg: Leg, sdp: bytes) -> bytes:
+        """An offer pbxd itself makes to ``leg`` (hold, resume), ``sdp`` being what it last
+        sent there, changed: the body to send, its o= version one higher (RFC 3264 §8)."""
 
     def close(self) -> None:
         """The call is over: release ports, close recordings. Called once."""
@@ -95,12 +105,17 @@ class DirectMedia:
     recording_path: str | None = None
     closed: bool = False
     on_timeout: Callable[[], None] | None = None  # no packets pass here to time out
+    on_dtmf: Callable[[Leg, DtmfDigit], None] | None = None  # nor digits to read
 
     def offer_to(self, leg: Leg, sdp: bytes) -> bytes:
         return sdp
 
     def answer_to(self, leg: Leg, sdp: bytes) -> bytes:
         return sdp
+
+    def own_offer(self, leg: Leg, sdp: bytes) -> bytes:
+        # The o= is the far phone's own here; pbxd can only count on from what it last sent.
+        return bump_version(parse_sdp(sdp)).to_bytes()
 
     def close(self) -> None:
         self.closed = True

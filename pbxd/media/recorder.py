@@ -17,12 +17,23 @@ room for late packets) are appended and the RIFF and data sizes in the
 header are rewritten, so a crash loses at most the last second or so and
 the file can be read while it grows. ``mode`` "stereo" puts the first
 channel left and the second right; "mono" mixes them (clipped).
+
+One file per call: a recording started again on a file that already holds
+one (stopped from the console, then started; a later answer) continues it,
+never truncates it. When this process wrote that recording, the new one
+keeps its timeline, so the time it was stopped is silence, as a pause is;
+otherwise (a file left by an earlier run) the audio continues right after
+what the file holds. A file that is not a recording in the same format is
+refused (``FileExistsError``), not overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import struct
+import weakref
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
@@ -40,12 +51,22 @@ _RATE = g711.SAMPLE_RATE
 _TIMESTAMP_MOD = 1 << 32
 _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
 _RIFF_SIZE_AT, _DATA_SIZE_AT = 4, 40
+_SILENCE_CHUNK = _RATE  # samples per write when a restart fills the stopped time
+
+# The last recorder of each file, while its call keeps it: a restart on the
+# same file continues that recorder's timeline.
+_last_recorders: weakref.WeakValueDictionary[Path, Recorder] = weakref.WeakValueDictionary()
 
 
 def wav_header(channels: int, data_bytes: int) -> bytes:
     """A canonical 44-byte PCM WAV header for 8 kHz 16-bit audio."""
     return _HEADER.pack(b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, channels, _RATE,
                         _RATE * 2 * channels, 2 * channels, 16, b"data", data_bytes)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"recording mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 class _Channel:
@@ -72,8 +93,7 @@ class Recorder:
 
     def __init__(self, path: Path, file: BinaryIO, clock: Any, mode: str, channels: Sequence[str],
                  hold_back: float) -> None:
-        if mode not in MODES:
-            raise ValueError(f"recording mode must be one of {', '.join(MODES)}, got {mode!r}")
+        _check_mode(mode)
         self.path = path
         self.mode = mode
         self._file = file
@@ -92,22 +112,82 @@ class Recorder:
     @classmethod
     def start(cls, path: Path, clock: Any, *, mode: str = "stereo", channels: Sequence[str] = ("a", "b"),
               flush_interval: float = 1.0, hold_back: float = 0.2) -> Recorder:
-        """Create the file (and its directory) and start the periodic flush on ``clock``."""
+        """Create the file (and its directory), or continue the recording it holds (see the
+        module docstring), and start the periodic flush on ``clock``."""
+        _check_mode(mode)  # before the file is touched
         path.parent.mkdir(parents=True, exist_ok=True)
-        file = path.open("wb")
+        key = path.absolute()
+        previous = _last_recorders.get(key)
+        if previous is not None and not previous.stopped:
+            raise FileExistsError(errno.EEXIST, "being recorded already", str(path))
+        # Read-write, created if missing, never truncated: an existing recording is continued.
+        file = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")
         recorder = cls(path, file, clock, mode, channels, hold_back)
         try:
-            file.write(wav_header(recorder.file_channels, 0))
-            file.flush()
+            if not recorder._continue(previous):
+                file.write(wav_header(recorder.file_channels, 0))
+                file.flush()
         except OSError:
             with contextlib.suppress(OSError):  # closes even when the buffered header cannot be written
                 file.close()
             raise
+        _last_recorders[key] = recorder
         recorder._flusher = LoopingCall(recorder.flush)
         recorder._flusher.clock = clock
         recorder._flusher.start(flush_interval, now=False)
         log.info("recording to {path} ({mode})", path=str(path), mode=mode)
         return recorder
+
+    def _continue(self, previous: Recorder | None) -> bool:
+        """Take up the recording the file holds, if any: False for a new (empty) file."""
+        file = self._file
+        header = file.read(_HEADER.size)
+        if not header:
+            return False
+        size = file.seek(0, 2)
+        frame = 2 * self.file_channels
+        ours = wav_header(self.file_channels, 0)
+        # The same canonical header but for the two sizes (RIFF at 4, data at 40).
+        if len(header) < _HEADER.size or header[:4] != ours[:4] or header[8:40] != ours[8:40]:
+            raise FileExistsError(errno.EEXIST, f"holds something other than a {self.mode} recording;"
+                                                " not overwritten", str(self.path))
+        # What the header counts was flushed whole; anything after it is a torn write.
+        counted = struct.unpack_from("<I", header, _DATA_SIZE_AT)[0]
+        data_bytes = min(counted, size - _HEADER.size) // frame * frame
+        file.truncate(_HEADER.size + data_bytes)
+        file.seek(0, 2)
+        self._written = data_bytes // frame
+        now = self._clock.seconds()
+        origin = previous._started if previous is not None and previous._clock is self._clock else now
+        # The stopped time is silence; a file longer than the timeline (or of an earlier
+        # run) continues right after its audio.
+        self._started = min(origin, now - self._written / _RATE)
+        self._write_silence(self._now_position() - self._written)
+        log.info("recording {path}: continuing after {seconds:.1f}s", path=str(self.path),
+                 seconds=self.duration)
+        return True
+
+    def _write_silence(self, count: int) -> None:
+        """Append ``count`` silent frames, a second at a time, and patch the header."""
+        if count <= 0:
+            return
+        silence = np.zeros(min(count, _SILENCE_CHUNK) * self.file_channels, dtype="<i2").tobytes()
+        frame = 2 * self.file_channels
+        while count > 0:
+            chunk = min(count, _SILENCE_CHUNK)
+            self._file.write(silence[:chunk * frame])
+            self._written += chunk
+            count -= chunk
+        self._patch_header()
+
+    def _patch_header(self) -> None:
+        file = self._file
+        file.seek(_RIFF_SIZE_AT)
+        file.write(struct.pack("<I", 36 + self.data_bytes))
+        file.seek(_DATA_SIZE_AT)
+        file.write(struct.pack("<I", self.data_bytes))
+        file.seek(0, 2)
+        file.flush()
 
     @property
     def file_channels(self) -> int:
@@ -203,12 +283,7 @@ class Recorder:
             for state in self._channels.values():
                 state.buffer[:-count] = state.buffer[count:]
                 state.buffer[-count:] = 0
-            file.seek(_RIFF_SIZE_AT)
-            file.write(struct.pack("<I", 36 + self.data_bytes))
-            file.seek(_DATA_SIZE_AT)
-            file.write(struct.pack("<I", self.data_bytes))
-            file.seek(0, 2)
-            file.flush()
+            self._patch_header()
         except OSError as error:
             self._fail(error)
 

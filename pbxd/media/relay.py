@@ -40,7 +40,7 @@ plays, or ``send_dtmf`` sends, the peer's packets to that leg are held back.
 
 Timeout: when neither leg has received a packet for ``timeout`` seconds and
 the call is not on hold, ``on_timeout`` is called once (the call layer
-hangs up with cause "rtp_timeout"). It is checked by a timer comparing
+hangs up with cause "media_timeout"). It is checked by a timer comparing
 packet counters, so the packet path pays nothing for it.
 
 Speed: on Linux the relay's sockets sit in one epoll set that the reactor
@@ -485,14 +485,14 @@ class RelayLeg:
         media = sdp.media[index]
         connection = connection_of(sdp, media)
         address = None
-        if connection is not None and not media.is_rejected and _is_ip(connection.host) \
+        if connection is not None and not media.is_rejected and is_ip_address(connection.host) \
                 and connection.host not in ("0.0.0.0", "::"):
             address = (connection.host, media.port)
         rtcp = media.rtcp
         rtcp_address = None
         if address is not None and rtcp is not None:
             host = rtcp.connection.host if rtcp.connection is not None else address[0]
-            rtcp_address = (host, rtcp.port) if _is_ip(host) else None
+            rtcp_address = (host, rtcp.port) if is_ip_address(host) else None
         self.set_remote(address, media.codecs, rtcp=rtcp_address, rtcp_mux=media.rtcp_mux)
 
     # -- the packet path -------------------------------------------------------------------------
@@ -780,7 +780,8 @@ class RelayLeg:
         return [self._rtp.close(), self._rtcp.close()]
 
 
-def _is_ip(host: str) -> bool:
+def is_ip_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address literal (not a name)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

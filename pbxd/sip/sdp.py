@@ -664,6 +664,53 @@ def common_codecs(offer: Media, supported: Media | Iterable[Codec | str]) -> lis
     return [codec for codec in offer.codecs if any(_codec_matches(codec.key, w) for w in wanted)]
 
 
+def restrict_codecs(sdp: SessionDescription, wanted: Sequence[str]) -> SessionDescription | None:
+    """The description with only the ``wanted`` codecs in its audio streams, in ``wanted``'s order.
+
+    For an offer pbxd sends on (to a trunk, say) that may carry only certain
+    codecs. ``wanted`` holds capabilities as for ``common_codecs``
+    (``name[/rate[/channels]]``, the name in any case); a static payload type
+    without an rtpmap has its RFC 3551 name. In every audio RTP stream that is
+    not rejected, the formats that match no entry are dropped with their
+    rtpmap, fmtp and rtcp-fb lines, and the rest are listed in the order of
+    ``wanted`` (RFC 3264 §5.1: an offer lists formats by preference; whoever
+    wrote ``wanted`` chose it), those matching one entry in their own order.
+    A dynamic payload type without an rtpmap names nothing and goes. Other
+    streams (video, image, not RTP) are left as they are.
+
+    A stream left without a voice codec (nothing, or only DTMF or comfort
+    noise) is rejected with port 0 (RFC 3264 §8.2). None when no audio
+    stream keeps a voice codec: nothing in common, a 488 (RFC 3264 §6). A
+    description without an audio stream in use, or an empty ``wanted``,
+    comes back unchanged.
+    """
+    capabilities = [_capability(text) for text in wanted]
+    if not capabilities:
+        return sdp
+    media: list[Media] = []
+    audio = kept = 0
+    for section in sdp.media:
+        if section.kind != "audio" or not section.is_rtp or section.is_rejected:
+            media.append(section)
+            continue
+        audio += 1
+        codecs = section.codecs
+        formats = [str(codec.payload) for capability in capabilities
+                   for codec in codecs if _codec_matches(codec.key, capability)]
+        voice = any(not codec.is_auxiliary and str(codec.payload) in formats for codec in codecs)
+        if not voice:
+            media.append(attrs.evolve(section, port=0))
+            continue
+        kept += 1
+        formats = list(dict.fromkeys(formats))
+        dropped = set(section.formats) - set(formats)
+        lines = tuple(line for line in section.lines if not _is_format_line(line, dropped))
+        media.append(attrs.evolve(section, formats=tuple(formats), lines=lines))
+    if audio and not kept:
+        return None
+    return SessionDescription(sdp.lines, tuple(media))
+
+
 def _capability(text: str) -> tuple[str, int | None, int | None]:
     match = _CAPABILITY.fullmatch(text)
     if match is None:
@@ -694,6 +741,12 @@ def _is_rtcp(line: Line) -> bool:
 def _is_ice(line: Line) -> bool:
     name = _attribute_name(line)
     return name is not None and (name.startswith("ice-") or name in _ICE_ATTRIBUTES)
+
+
+def _is_format_line(line: Line, formats: set[str]) -> bool:
+    """An rtpmap, fmtp or rtcp-fb line of one of ``formats`` (payload type numbers)."""
+    name = _attribute_name(line)
+    return name in ("rtpmap", "fmtp", "rtcp-fb") and line[1].partition(":")[2].split(" ", 1)[0] in formats
 
 
 def _is_connection(line: Line) -> bool:
