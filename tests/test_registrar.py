@@ -20,6 +20,7 @@ from pbxd.sip.digest import answer_challenge
 from pbxd.sip.message import Response, parse_message
 from pbxd.sip.transaction import new_branch
 from pbxd.transport import Target
+from tests.sip_peer import Answer, final_answer, register_bytes, tcp_peer, udp_peer
 from tests.sipp_runner import SippResult, requires_sipp, run_sipp, scenario
 
 pytestmark = [requires_sipp, pytest.mark.sipp]
@@ -124,7 +125,8 @@ async def sipp_register(
 ) -> SippResult:
     keys = {"user": user, "domain": "127.0.0.1", "expires": str(expires)}
     keys.update({k: str(v) for k, v in fills.pop("keys", {}).items()})
-    # -p 0: a free local port, not sipp's 5060, which concurrent runs would share.
+    # -p 0: sipp 3.6.1 takes 0 as "not given" and binds the first free port from 5060 up
+    # (seen in its Via: 127.0.0.1:5060), so concurrent runs do not collide.
     result = await run_sipp(
         scenario(file, tmp_path, expect=expect, contact=contact, **fills),
         "127.0.0.1", port_of(service, transport), transport=transport, keys=keys,
@@ -329,18 +331,42 @@ async def phone(pbx: PbxService):
     await port.stopListening()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_a_replayed_authorization_is_refused(pbx: PbxService, phone: UdpPhone) -> None:
-    answer, offered = await phone.login()
-    assert answer.status == 200
-    credentials = answer_challenge(offered, "REGISTER", "sip:127.0.0.1", "1001", "secret-1001",
-                                   nc=2, cnonce="fixed-cnonce")
-    again = await phone.register(credentials=credentials)
-    assert again.status == 200
-    replayed = await phone.register(credentials=credentials)  # new transaction, same nc
-    assert replayed.status == 401 and "stale=true" not in replayed.get("WWW-Authenticate", "")
+async def test_a_replayed_authorization_is_refused(pbx: PbxService, transport: str) -> None:
+    """A nonce count used before is a replay (RFC 7616 §3.4.5), over either transport."""
+    if transport == "udp":
+        peer, port = await udp_peer(port_of(pbx, "udp"))
+    else:
+        peer = await tcp_peer(port_of(pbx, "tcp"))
+
+    async def send(cseq: int, credentials: str | None = None) -> Answer:
+        extra = () if credentials is None else (f"Authorization: {credentials}",)
+        peer.send(register_bytes(peer.port, transport, user="1001", call_id=f"replay-{transport}",
+                                 cseq=cseq, contact=f"<sip:1001@127.0.0.1:{peer.port}>",
+                                 expires=120, extra=extra))
+        return await final_answer(peer, f"replay-{transport}")
+
+    try:
+        challenge = await send(1)
+        assert challenge.status == 401
+        offered = challenge.headers["www-authenticate"][0]
+
+        def credentials(nc: int) -> str:
+            return answer_challenge(offered, "REGISTER", "sip:127.0.0.1", "1001", "secret-1001",
+                                    nc=nc, cnonce="fixed-cnonce")
+
+        assert (await send(2, credentials(1))).status == 200
+        assert (await send(3, credentials(2))).status == 200
+        replayed = await send(4, credentials(2))  # a new transaction, the same nc
+    finally:
+        if transport == "udp":
+            await port.stopListening()
+        else:
+            peer.close()
+    assert replayed.status == 401 and "stale=true" not in (replayed.header("www-authenticate") or "")
     [row] = stored_bindings(pbx)
-    assert row["cseq"] == again.cseq.seq
+    assert (row["cseq"], row["source_transport"]) == (3, transport)
 
 
 @pytest_twisted.ensureDeferred

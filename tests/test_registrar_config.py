@@ -41,7 +41,8 @@ def test_a_full_section_parses() -> None:
         "sip": {"domains": ["pbx.example.com"]},
         "extensions": [{"number": "1001", "password": "x", "name": "Alice",
                         "email": "a@example.com", "voicemail_pin": "0042",
-                        "allow_external": False, "enabled": False}],
+                        "allow_external": False, "enabled": False, "max_calls": 2,
+                        "dial_patterns": ["0[1-9][0-9]+", "\\+44[0-9]{10}"]}],
         "auth": {"algorithms": ["sha-256", "md5-SESS"], "failure_response": 401,
                  "nonce_secret": "0123456789abcdef",
                  "backends": [{"type": "http", "url": "https://api.example.com/auth",
@@ -55,6 +56,7 @@ def test_a_full_section_parses() -> None:
     spec = extension.spec()
     assert (spec.number, spec.voicemail_pin, spec.enabled, spec.allow_external) == (
         "1001", "0042", False, False)
+    assert (spec.max_calls, spec.dial_patterns) == (2, ("0[1-9][0-9]+", r"\+44[0-9]{10}"))
     assert "password" not in repr(extension) and "0123456789" not in repr(config.auth)
     assert config.auth.algorithms == ("SHA-256", "MD5-sess")
     assert config.auth.backends[0].headers == (("X-API-Key", "k"),)
@@ -81,6 +83,17 @@ def test_a_full_section_parses() -> None:
         ({"extensions": [{"number": "1", "password": "x"}, {"number": "1", "password": "y"}]},
          "extensions[1].number: 1 is already extensions[0]"),
         ({"extensions": {"1001": "x"}}, "extensions: must be a list, got a mapping"),
+        ({"extensions": [{"number": "1", "password": "x", "max_calls": -1}]},
+         "extensions[0].max_calls: must be 0-10000, got -1"),
+        ({"extensions": [{"number": "1", "password": "x", "max_calls": "2"}]},
+         "extensions[0].max_calls: must be an integer, got '2'"),
+        ({"extensions": [{"number": "1", "password": "x", "dial_patterns": "0.*"}]},
+         "extensions[0].dial_patterns: must be a list, got '0.*'"),
+        ({"extensions": [{"number": "1", "password": "x", "dial_patterns": ["0.*", 5]}]},
+         "extensions[0].dial_patterns[1]: must be a non-empty string, got 5"),
+        ({"extensions": [{"number": "1", "password": "x", "dial_patterns": ["0.*", "[0-9"]}]},
+         "extensions[0].dial_patterns[1]: dial_patterns[1] '[0-9' is not a valid regular expression:"
+         " unterminated character set at position 0"),
         ({"auth": {"algorithms": []}}, "auth.algorithms: must not be empty"),
         ({"auth": {"algorithms": ["MD5", "md5"]}}, "auth.algorithms: lists an algorithm twice"),
         ({"auth": {"algorithms": ["SHA-512-256"]}},

@@ -21,7 +21,8 @@ REALM = "pbx.example.com"
 @pytest_twisted.async_yield_fixture
 async def store(tmp_path: Path):
     opened = await Store.open(str(tmp_path / "pbxd.sqlite"))
-    await opened.add_extension(ExtensionSpec(number="2001", password="pw2001", name="Alice"), REALM)
+    await opened.add_extension(ExtensionSpec(number="2001", password="pw2001", name="Alice", max_calls=1,
+                                             dial_patterns=["1.*"]), REALM)
     await opened.add_extension(ExtensionSpec(number="2002", password="pw2002", enabled=False),
                                REALM)
     yield opened
@@ -33,7 +34,8 @@ def outcome(lookup):  # type: ignore[no-untyped-def]
     user = lookup.user
     return (lookup.status, lookup.reason, lookup.backend,
             None if user is None else (user.username, user.display_name, user.ha1_for("MD5"),
-                                       user.ha1_for("SHA-256"), user.allow_external))
+                                       user.ha1_for("SHA-256"), user.allow_external, user.max_calls,
+                                       user.dial_patterns))
 
 
 @pytest_twisted.ensureDeferred
@@ -68,6 +70,11 @@ async def test_it_follows_every_change_the_store_commits(store: Store) -> None:
     await store.update_extension("2001", password="changed")
     after = await directory.lookup("2001", REALM)
     assert after.user.ha1_for("MD5") == ha1("2001", REALM, "changed", "MD5") != before.user.ha1_for("MD5")
+
+    await store.update_extension("2001", max_calls=2, dial_patterns=["00.*"])
+    guarded = (await directory.lookup("2001", REALM)).user
+    assert (guarded.max_calls, guarded.dial_patterns) == (2, ("00.*",))
+    assert guarded.may_dial("0044123") and not guarded.may_dial("900")
 
     await store.update_extension("2001", enabled=False)
     assert (await directory.lookup("2001", REALM)).status is LookupStatus.FORBIDDEN

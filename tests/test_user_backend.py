@@ -69,6 +69,14 @@ ANSWERS = {
     "disabled": (200, {"password": "x", "enabled": False}),
     "broken": (500, b"oops"),
     "teapot": (418, b""),
+    "guarded": (200, {"password": "x", "max_calls": 2, "dial_patterns": ["1[0-9]{3}", r"\+44\d+"]}),
+    "unguarded": (200, {"password": "x", "max_calls": None, "dial_patterns": None}),
+    "negativelimit": (200, {"password": "x", "max_calls": -1}),
+    "textlimit": (200, {"password": "x", "max_calls": "2"}),
+    "boollimit": (200, {"password": "x", "max_calls": True}),
+    "badpattern": (200, {"password": "x", "dial_patterns": ["[0-9"]}),
+    "patternstring": (200, {"password": "x", "dial_patterns": "1.*"}),
+    "patternnumber": (200, {"password": "x", "dial_patterns": [1001]}),
 }
 
 
@@ -160,7 +168,20 @@ async def test_disabled_user_is_forbidden(api, client) -> None:
     assert (result.status, result.reason) == (LookupStatus.FORBIDDEN, "disabled")
 
 
-@pytest.mark.parametrize("user", ["garbage", "array", "nocreds", "badtype", "teapot"])
+@pytest_twisted.ensureDeferred
+async def test_the_answer_may_carry_toll_fraud_guards(api, client) -> None:
+    guarded = (await http_backend(client, api.url).lookup("guarded", REALM)).user
+    assert (guarded.max_calls, guarded.dial_patterns) == (2, ("1[0-9]{3}", r"\+44\d+"))
+    assert guarded.may_dial("1234") and guarded.may_dial("+442071234567")
+    # The whole number must match: a pattern is not a prefix.
+    assert not guarded.may_dial("12345") and not guarded.may_dial("900123")
+    # null, like a missing field: no limit, any number.
+    unguarded = (await http_backend(client, api.url).lookup("unguarded", REALM)).user
+    assert (unguarded.max_calls, unguarded.dial_patterns) == (0, ()) and unguarded.may_dial("900123")
+
+
+@pytest.mark.parametrize("user", ["garbage", "array", "nocreds", "badtype", "teapot", "negativelimit",
+                                  "textlimit", "boollimit", "badpattern", "patternstring", "patternnumber"])
 @pytest_twisted.ensureDeferred
 async def test_unusable_answers_mean_unavailable(api, client, user: str) -> None:
     result = await http_backend(client, api.url).lookup(user, REALM)
@@ -247,7 +268,7 @@ def test_bad_configuration_is_refused() -> None:
 async def store(tmp_path: Path):
     opened = await Store.open(str(tmp_path / "users.sqlite"))
     await opened.seed_extensions([
-        {"number": "2001", "password": "pw2001", "name": "Alice"},
+        {"number": "2001", "password": "pw2001", "name": "Alice", "max_calls": 3, "dial_patterns": ["0[1-9].*"]},
         {"number": "2002", "password": "pw2002", "enabled": False},
         {"number": "locked", "password": "pw"},
     ], REALM)
@@ -262,6 +283,7 @@ async def test_static_backend_reads_the_extensions(store) -> None:
     assert found.found and found.user.display_name == "Alice"
     assert found.user.ha1_for("SHA-256") == ha1("2001", REALM, "pw2001", "SHA-256")
     assert found.user.algorithms == ("MD5", "SHA-256")
+    assert (found.user.max_calls, found.user.dial_patterns) == (3, ("0[1-9].*",))
     disabled = await backend.lookup("2002", REALM)
     assert (disabled.status, disabled.reason) == (LookupStatus.FORBIDDEN, "disabled")
     assert (await backend.lookup("9999", REALM)).status is LookupStatus.NOT_FOUND

@@ -6,6 +6,8 @@ names, plus the request URI. A 200 JSON object is the user; 403 and 404 are
 the API's "no" (with an optional ``{"reason", "message"}`` body); anything
 else, a body that is not a usable user, a timeout or a refused connection
 means the backend is unavailable, which is not the same as "no such user".
+Besides the credentials, an answer may carry the toll-fraud guards of the
+extension (``max_calls``, ``dial_patterns``, checked as the store checks them).
 
 Every backend has ``lookup(username, realm, request_uri) -> Deferred[UserLookup]``
 and never fails: the outcome is in the UserLookup.
@@ -26,7 +28,8 @@ from twisted.logger import Logger
 
 from pbxd.hooks.client import WebhookClient, WebhookError
 from pbxd.sip.digest import BASE_ALGORITHMS, ha1
-from pbxd.store import NotFoundError, Store, StoreError
+from pbxd.store import Extension, NotFoundError, Store, StoreError
+from pbxd.store.models import check_dial_patterns, check_max_calls
 
 log = Logger()
 
@@ -68,6 +71,15 @@ class UserRecord:
     allow_external: bool = True
     allow_guest_calls: bool = False
     id: str | None = None
+    # Toll-fraud guards (issue 9): calls the user may place at once (0: no
+    # limit), and regular expressions one of which must match the whole
+    # number sent to a carrier (none: any number).
+    max_calls: int = 0
+    dial_patterns: tuple[str, ...] = ()
+
+    def may_dial(self, number: str) -> bool:
+        """Whether ``number`` (as the carrier would get it) is one this user may call out to."""
+        return not self.dial_patterns or any(re.fullmatch(p, number) for p in self.dial_patterns)
 
     def ha1_for(self, algorithm: str) -> str | None:
         """The HA1 for a base algorithm, or None if this record cannot answer it.
@@ -116,6 +128,30 @@ class UserBackend(Protocol):
     ) -> defer.Deferred[UserLookup]: ...
 
 
+def extension_lookup(extension: Extension | None, realm: str, backend: str) -> UserLookup:
+    """What the ``static`` backend answers for an extension (None: no such number) in ``realm``."""
+    if extension is None:
+        return UserLookup(LookupStatus.NOT_FOUND, reason="not_found", backend=backend)
+    if extension.realm != realm:
+        # Its HA1s are for another realm: they cannot verify this one.
+        return UserLookup(LookupStatus.NOT_FOUND, reason="other_realm", backend=backend)
+    if not extension.enabled:
+        return UserLookup(LookupStatus.FORBIDDEN, reason="disabled",
+                          message="extension disabled", backend=backend)
+    user = UserRecord(
+        username=extension.number,
+        realm=extension.realm,
+        ha1s={"MD5": extension.ha1_md5, "SHA-256": extension.ha1_sha256},
+        display_name=extension.name,
+        email=extension.email,
+        allow_external=extension.allow_external,
+        id=extension.number,
+        max_calls=extension.max_calls,
+        dial_patterns=extension.dial_patterns,
+    )
+    return UserLookup(LookupStatus.FOUND, user=user, backend=backend)
+
+
 class StaticBackend:
     """The extensions table of the store."""
 
@@ -137,22 +173,7 @@ class StaticBackend:
             log.error("user lookup {username}: store failed: {error}", username=username, error=e)
             return UserLookup(LookupStatus.UNAVAILABLE, reason="store_error", message=str(e),
                               backend=self.name)
-        if extension.realm != realm:
-            # Its HA1s are for another realm: they cannot verify this one.
-            return UserLookup(LookupStatus.NOT_FOUND, reason="other_realm", backend=self.name)
-        if not extension.enabled:
-            return UserLookup(LookupStatus.FORBIDDEN, reason="disabled",
-                              message="extension disabled", backend=self.name)
-        user = UserRecord(
-            username=extension.number,
-            realm=extension.realm,
-            ha1s={"MD5": extension.ha1_md5, "SHA-256": extension.ha1_sha256},
-            display_name=extension.name,
-            email=extension.email,
-            allow_external=extension.allow_external,
-            id=extension.number,
-        )
-        return UserLookup(LookupStatus.FOUND, user=user, backend=self.name)
+        return extension_lookup(extension, realm, self.name)
 
 
 class _BadAnswer(ValueError):
@@ -324,6 +345,13 @@ class HttpUserBackend:
         if password is None and not ha1s:
             raise _BadAnswer("the answer has no password or HA1")
         user_id = _optional(body, "id", (str, int), None)
+        try:
+            # A limit or pattern the backend got wrong is a broken answer, not
+            # "no limit": a user whose guards cannot be read is not let out.
+            max_calls = check_max_calls(_optional(body, "max_calls", int, 0))
+            dial_patterns = check_dial_patterns(_optional(body, "dial_patterns", list, []))
+        except (TypeError, ValueError) as e:
+            raise _BadAnswer(str(e)) from None
         user = UserRecord(
             username=username,
             realm=realm,
@@ -334,6 +362,8 @@ class HttpUserBackend:
             allow_external=_optional(body, "allow_external", bool, True),
             allow_guest_calls=_optional(body, "allow_guest_calls", bool, False),
             id=None if user_id is None else str(user_id),
+            max_calls=max_calls,
+            dial_patterns=dial_patterns,
         )
         return UserLookup(LookupStatus.FOUND, user=user, backend=self.name)
 
@@ -375,4 +405,5 @@ __all__ = [
     "UserBackend",
     "UserLookup",
     "UserRecord",
+    "extension_lookup",
 ]

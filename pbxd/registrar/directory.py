@@ -15,33 +15,11 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from pbxd.hooks.user_backend import LookupStatus, UserLookup, UserRecord
+from pbxd.hooks.user_backend import UserLookup, extension_lookup
 from pbxd.registrar.location import LocationService
 from pbxd.store import Extension, Store
 
 log = Logger(namespace="pbxd.registrar.directory")
-
-
-def extension_lookup(extension: Extension | None, realm: str, backend: str) -> UserLookup:
-    """What the ``static`` backend answers for an extension (None: no such number) in ``realm``."""
-    if extension is None:
-        return UserLookup(LookupStatus.NOT_FOUND, reason="not_found", backend=backend)
-    if extension.realm != realm:
-        # Its HA1s are for another realm: they cannot verify this one.
-        return UserLookup(LookupStatus.NOT_FOUND, reason="other_realm", backend=backend)
-    if not extension.enabled:
-        return UserLookup(LookupStatus.FORBIDDEN, reason="disabled",
-                          message="extension disabled", backend=backend)
-    user = UserRecord(
-        username=extension.number,
-        realm=extension.realm,
-        ha1s={"MD5": extension.ha1_md5, "SHA-256": extension.ha1_sha256},
-        display_name=extension.name,
-        email=extension.email,
-        allow_external=extension.allow_external,
-        id=extension.number,
-    )
-    return UserLookup(LookupStatus.FOUND, user=user, backend=backend)
 
 
 class ExtensionDirectory:

@@ -354,11 +354,13 @@ class Registrar:
             response.add("Contact", value)
         # §10.3 step 8: a Date header lets phones without a clock set one.
         response.set("Date", email.utils.formatdate(now, usegmt=True))
-        # RFC 3327 §5.3: the Path stored is returned, in order, to a UA that supports it.
-        path = request.get_all("path")
-        if path and "path" in (tag.lower() for tag in request.get_all("supported")):
-            for value in path:
-                response.add("Path", value)
+        # RFC 3327 §5.3: the registrar copies the Path into its 200, in order.
+        # Without "Supported: path" it may refuse the Path (420, the recommended
+        # policy) or accept it; pbxd accepts it, since phones behind an SBC
+        # seldom say Supported: path, and then the copy is due all the same: it
+        # shows the phone which proxies were put in its way (§6).
+        for value in request.get_all("path"):
+            response.add("Path", value)
         txn.respond(response)
 
     # -- registered phones (pbx-rest-api.md "Phone Registration & MAC/IP Tracking") --
