@@ -93,6 +93,36 @@ def test_identity_headers(settings: dict[str, Any], caller: Caller, from_address
     assert identity.headers == headers
 
 
+EXTENSION_DIDS = [{"pattern": r"0(\d+)", "replacement": r"+49\1"},
+                  {"pattern": r"(1\d{3})", "replacement": r"+4930123\1"}]
+
+
+@pytest.mark.parametrize(("settings", "number", "from_address", "asserted"), [
+    # An extension's number becomes its DID by the trunk's rules, in From and PAI.
+    ({}, "1001", "<sip:+49301231001@carrier.test>", "<sip:+49301231001@carrier.test>"),
+    ({}, "030 555-12", "<sip:+493055512@carrier.test>", "<sip:+493055512@carrier.test>"),
+    # from_user stays the From identity; PAI still says who calls.
+    ({"from_user": "4930123"}, "1001", "<sip:4930123@carrier.test>", "<sip:+49301231001@carrier.test>"),
+    # No rule matches: the number as it is; a name is no number and is not touched.
+    ({}, "+4930999", "<sip:+4930999@carrier.test>", "<sip:+4930999@carrier.test>"),
+    ({}, "alice.smith", "<sip:alice.smith@carrier.test>", "<sip:alice.smith@carrier.test>"),
+])
+def test_the_callers_number_is_presented_as_the_trunks_rules_make_it(
+        settings: dict[str, Any], number: str, from_address: str, asserted: str) -> None:
+    t = trunk(normalize=EXTENSION_DIDS, from_domain="carrier.test", caller_id={"pai": True, "rpid": True}, **settings)
+    identity = t.identity_headers(Caller(number))
+    assert identity.from_address == from_address
+    assert identity.headers == (("P-Asserted-Identity", asserted),
+                                ("Remote-Party-ID", f"{asserted};party=calling;screen=yes;privacy=off"))
+
+
+def test_a_withheld_caller_is_still_asserted_with_its_normalised_number() -> None:
+    t = trunk(normalize=EXTENSION_DIDS, from_domain="carrier.test", caller_id={"pai": True})
+    identity = t.identity_headers(Caller("1001", private=True))
+    assert identity.from_address == ANONYMOUS_FROM
+    assert identity.headers == (("P-Asserted-Identity", "<sip:+49301231001@carrier.test>"), ("Privacy", "id"))
+
+
 def test_credentials_answer_an_invite_challenge_with_the_right_header() -> None:
     clock = Clock()
     t = trunk(clock, username="acc", password="pw", auth_realm="carrier.test")

@@ -20,7 +20,9 @@ from twisted.internet import defer
 from call_support import pbx_config, start_pbx
 from pbxd.trunks.registration import REGISTERED, RegistrationStatus, TrunkRegistration
 from sipp_runner import requires_sipp, scenario
-from test_trunk_sipp import PASSWORD, USER, Carrier, free_udp_port, received_registers, when_state
+from test_trunk_sipp import (
+    PASSWORD, USER, Carrier, free_udp_port, received_registers, register_scenario, when_state,
+)
 from tests.management_support import ADMIN_TOKEN, TOKENS, WebPbx, bearer, serving
 
 pytestmark = requires_sipp
@@ -33,7 +35,7 @@ def trunk_data(port: int, **changes: Any) -> dict[str, Any]:
 
 
 def carrier(tmp_path: Path, port: int) -> Carrier:
-    return Carrier(scenario("carrier_register.xml", tmp_path, user=USER, password=PASSWORD, expires=60), port)
+    return Carrier(register_scenario(tmp_path, 60), port)
 
 
 async def serve(tmp_path: Path, trunks: list[dict[str, Any]]) -> WebPbx:

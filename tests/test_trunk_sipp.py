@@ -8,12 +8,15 @@ Tests wait on registration and health events, with generous bounds.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.error import ProcessExitedAlready
@@ -75,6 +78,21 @@ class Carrier(ProcessProtocol):
         return self.done
 
 
+def register_scenario(tmp_path: Path, expires: int, password: str = PASSWORD, challenge: int = 401) -> Path:
+    """carrier_register.xml challenging with ``challenge`` (401 or 407) and checking ``password``.
+
+    sipp's verifyauth reads Authorization only; with 407 the carrier just checks
+    that a Proxy-Authorization comes, and the test checks the digests itself."""
+    if challenge == 401:
+        fills = {"challenge": "401 Unauthorized", "authenticate": "WWW-Authenticate",
+                 "verify": f'<verifyauth assign_to="authvalid" username="{USER}" password="{password}"/>'}
+    else:
+        fills = {"challenge": "407 Proxy Authentication Required", "authenticate": "Proxy-Authenticate",
+                 "verify": '<ereg regexp="Digest" search_in="hdr" header="Proxy-Authorization:" check_it="true"'
+                           ' assign_to="authvalid"/>'}
+    return scenario("carrier_register.xml", tmp_path, expires=expires, **fills)
+
+
 def pbx_for(tmp_path: Path, carrier_port: int, **trunk: Any) -> PbxService:
     config = parse_config({
         "data_dir": str(tmp_path / "data"),
@@ -125,10 +143,23 @@ def received_registers(result: SippResult) -> list[str]:
     return [b for b in blocks if "message received" in b and "REGISTER sip:carrier.test SIP/2.0" in b]
 
 
+def md5_digest_is_right(header: str, method: str) -> bool:
+    """An MD5 digest answer without qop (RFC 2617 §3.2.2.1), computed here from the account."""
+    params = dict(re.findall(r'(\w+)="?([^",]*)"?', header.split("Digest", 1)[1]))
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    ha1 = md5(f"{USER}:{params['realm']}:{PASSWORD}")
+    ha2 = md5(f"{method}:{params['uri']}")
+    return params["username"] == USER and params["response"] == md5(f"{ha1}:{params['nonce']}:{ha2}")
+
+
+@pytest.mark.parametrize("challenge", [401, 407])
 @pytest_twisted.ensureDeferred
-async def test_registers_refreshes_and_unregisters_on_stop(tmp_path: Path) -> None:
+async def test_registers_refreshes_and_unregisters_on_stop(tmp_path: Path, challenge: int) -> None:
     port = free_udp_port()
-    carrier = Carrier(scenario("carrier_register.xml", tmp_path, user=USER, password=PASSWORD, expires=4), port)
+    carrier = Carrier(register_scenario(tmp_path, 4, challenge=challenge), port)
     pbx = pbx_for(tmp_path, port)
     registration = registration_of(pbx)
     refreshed = when_state(registration, REGISTERED, times=2)
@@ -144,15 +175,21 @@ async def test_registers_refreshes_and_unregisters_on_stop(tmp_path: Path) -> No
     assert result.ok, result.explain()
     registers = received_registers(result)
     assert len(registers) >= 4  # unauthenticated, answered, refresh(es), unregister
-    assert "Authorization: Digest" in registers[1] and "algorithm=MD5" in registers[1]
-    assert "Expires: 0" in registers[-1] and "Authorization: Digest" in registers[-1]
+    # RFC 3261 §22.3: a 407 is answered with Proxy-Authorization, a 401 with Authorization;
+    # refreshes and the un-REGISTER carry them from the start.
+    header = "Proxy-Authorization" if challenge == 407 else "Authorization"
+    assert "Authorization" not in registers[0]
+    for register in registers[1:]:
+        [credentials] = [line for line in register.splitlines() if line.startswith(f"{header}: Digest ")]
+        assert "algorithm=MD5" in credentials and md5_digest_is_right(credentials, "REGISTER"), credentials
+    assert "Expires: 0" in registers[-1]
     assert f";line={pbx.trunks.registry.trunk('carrier').line}" in registers[0]  # type: ignore[union-attr]
 
 
 @pytest_twisted.ensureDeferred
 async def test_wrong_password_is_a_failed_state_with_the_reason(tmp_path: Path) -> None:
     port = free_udp_port()
-    carrier = Carrier(scenario("carrier_register.xml", tmp_path, user=USER, password="not-the-one", expires=4),
+    carrier = Carrier(register_scenario(tmp_path, 4, password="not-the-one"),
                       port)
     pbx = pbx_for(tmp_path, port)
     registration = registration_of(pbx)
@@ -180,7 +217,7 @@ async def test_carrier_down_then_up(tmp_path: Path) -> None:
         status = await failed
         assert status.reason == "transport" and status.failures == 2
         registered = when_state(registration, REGISTERED)
-        carrier = Carrier(scenario("carrier_register.xml", tmp_path, user=USER, password=PASSWORD, expires=60),
+        carrier = Carrier(register_scenario(tmp_path, 60),
                           port)
         status = await registered
         assert status.failures == 0 and status.state == REGISTERED
@@ -245,7 +282,7 @@ async def test_srv_failover_registers_with_the_second_target(tmp_path: Path) -> 
     }
     factory = server.DNSServerFactory(authorities=[ZoneAuthority(zone)])
     dns_port = reactor.listenUDP(0, dns.DNSDatagramProtocol(controller=factory), interface="127.0.0.1")
-    carrier = Carrier(scenario("carrier_register.xml", tmp_path, user=USER, password=PASSWORD, expires=60), alive)
+    carrier = Carrier(register_scenario(tmp_path, 60), alive)
     pbx = pbx_for(tmp_path, 0, destination={"host": "carrier.test", "transport": "udp"})
     pbx.trunks.locator.resolver = client.Resolver(servers=[("127.0.0.1", dns_port.getHost().port)], reactor=reactor)
     registration = registration_of(pbx)

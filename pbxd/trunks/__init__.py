@@ -8,6 +8,7 @@
 - :mod:`pbxd.trunks.dns`: RFC 3263 server location with ``twisted.names``.
 - :mod:`pbxd.trunks.limits`: concurrent calls and calls per second.
 - :mod:`pbxd.trunks.numbers`: E.164 normalisation rules.
+- :mod:`pbxd.trunks.codecs`: the offers a trunk's carrier gets, cut to its ``codecs``.
 
 ``pbxd.service.TrunkService`` builds them from ``Config.trunks``.
 """

@@ -15,7 +15,9 @@ DID it calls when the called number (the Request-URI user, then the To user,
 each normalised by the trunk's rules) is one of the trunk's DIDs.
 
 A request from anywhere else is no trunk's, unless its called number is a
-DID of some trunk: then it is refused (:class:`InboundRefusal`, 403), or
+DID of some trunk: then it is not the trunk's (:class:`InboundRefusal`; the
+call layer challenges it like any stranger, so that DIDs cannot be told
+apart, and refuses it with 403 without an extension's credentials), or
 taken as that trunk's when the trunk has ``accept_unknown_sources``. Anything
 else gives None: the call layer treats it as it would without trunks
 (an extension's call, or a stranger's).
@@ -59,12 +61,10 @@ class InboundCall:
 
 @attrs.frozen
 class InboundRefusal:
-    """A request to ``trunk``'s DID from an address that is no trunk's: answer ``status``."""
+    """A request to ``trunk``'s DID from an address that is no trunk's (not the trunk's call)."""
 
     trunk: Trunk
     did: str
-    status: int = 403
-    reason: str = "Forbidden"
 
 
 def match_inbound(registry: TrunkRegistry, request: Request, source: Target) -> InboundCall | InboundRefusal | None:

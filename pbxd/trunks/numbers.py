@@ -26,6 +26,15 @@ def strip_separators(number: str) -> str:
     return _VISUAL_SEPARATORS.sub("", number)
 
 
+# A telephone number once separators are gone (RFC 3966 §5.1: digits, a leading +, and * # of local numbers).
+_NUMBER = re.compile(r"\+?[0-9*#]+")
+
+
+def is_number(text: str) -> bool:
+    """Whether ``text`` is a telephone number (separators allowed), not a name like ``alice.smith``."""
+    return _NUMBER.fullmatch(strip_separators(text)) is not None
+
+
 @attrs.frozen
 class NumberRules:
     """A trunk's rewrite rules; the first that matches applies, none: the number as it is."""
@@ -45,4 +54,4 @@ class NumberRules:
         return number
 
 
-__all__ = ["NumberRules", "strip_separators"]
+__all__ = ["NumberRules", "is_number", "strip_separators"]

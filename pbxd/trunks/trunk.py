@@ -9,7 +9,9 @@ What the call layer uses (docs/trunks.md, "Seams for the call layer"):
   Route set) to try in order: the live destinations, primary first, each
   resolved per RFC 3263, through the outbound proxy if there is one. The
   call layer fails over to the next on a timeout, a transport error or a
-  5xx. :meth:`Trunk.destinations` lists the live destinations themselves.
+  5xx; every hop but the last carries the trunk's ``failover_timeout``, how
+  long the call waits for a first response from it before moving on.
+  :meth:`Trunk.destinations` lists the live destinations themselves.
 - :meth:`Trunk.identity_headers` gives the From address and the
   P-Asserted-Identity / Remote-Party-ID / Privacy headers for a caller.
 - :attr:`Trunk.credentials` answers the carrier's 401/407 to an INVITE.
@@ -38,7 +40,7 @@ from pbxd.transport.target import Target
 from pbxd.trunks.dns import LocateError, Locator
 from pbxd.trunks.inbound import InboundCall, InboundRefusal, match_inbound
 from pbxd.trunks.limits import TrunkLimits
-from pbxd.trunks.numbers import NumberRules
+from pbxd.trunks.numbers import NumberRules, is_number
 
 log = Logger()
 
@@ -131,11 +133,15 @@ class Identity:
 @attrs.frozen
 class Hop:
     """One place to try a request through the trunk: its Request-URI, the
-    address to send it to, and the Route set (the outbound proxy)."""
+    address to send it to, the Route set (the outbound proxy), and the
+    seconds to wait for any response from it before the next hop is tried
+    instead (``failover_timeout``; 0: no next hop, or wait for the INVITE's
+    own timeout)."""
 
     request_uri: str
     target: Target
     route: tuple[str, ...] = ()
+    failover_timeout: float = 0.0
 
 
 @attrs.frozen
@@ -179,6 +185,7 @@ class Trunk:
         self.line = line_token(self.name, config.username, config.password)
         self.contact_user: str = config.username or "pbxd"
         self.codecs: tuple[str, ...] = config.codecs
+        self.failover_timeout: float = config.failover_timeout
         self._health = {d: DestinationHealth(since=clock.seconds()) for d in self.all_destinations()}
         # Where the registration was last accepted: calls from there are this trunk's.
         self.registered_hosts: frozenset[str] = frozenset()
@@ -226,7 +233,8 @@ class Trunk:
         """Where a call to ``number`` goes, in the order to try: one :class:`Hop`
         per address of each live destination (primary first, each resolved
         per RFC 3263), sent through the outbound proxy when there is one.
-        A destination that does not resolve is left out (and logged). For IP
+        A destination that does not resolve is left out (and logged). Every
+        hop but the last has the trunk's ``failover_timeout``. For IP
         destinations and answers in the DNS cache the Deferred has fired on
         return.
         """
@@ -244,7 +252,9 @@ class Trunk:
                 continue
             request_uri = destination.uri(number) if number else destination.uri()
             hops += [Hop(request_uri, target, self.route()) for target in targets]
-        return list(dict.fromkeys(hops))
+        hops = list(dict.fromkeys(hops))
+        # The last hop has nothing to fail over to: giving up early on it would only fail the call sooner.
+        return [attrs.evolve(hop, failover_timeout=self.failover_timeout) for hop in hops[:-1]] + hops[-1:]
 
     # -- building requests -----------------------------------------------------------------
 
@@ -267,22 +277,30 @@ class Trunk:
     def identity_headers(self, caller: Caller) -> Identity:
         """The From address and identity headers for ``caller`` on this trunk.
 
-        From: the trunk's ``from_user`` if set (carriers that authorise by
-        From), else the caller's number, else the account name; at
-        ``from_domain`` (else the destination host). A withheld caller gets
-        the anonymous From of RFC 3323 §4.1.1.3 and ``Privacy: id``, and
+        The caller's number is presented as the trunk's ``normalize`` rules
+        make it (an extension's ``1001`` may become ``+49301231001``, its
+        DID), as the called number is: carriers accept only numbers they
+        can route back. A caller that is a name, not a number, is left as
+        it is. From: the trunk's ``from_user`` if set (carriers that
+        authorise by From), else that number, else the account name; at
+        ``from_domain`` (else the destination host). P-Asserted-Identity and
+        Remote-Party-ID carry the number. A withheld caller gets the
+        anonymous From of RFC 3323 §4.1.1.3 and ``Privacy: id``, and
         P-Asserted-Identity still names them to the carrier (RFC 3325 §9.1:
         the carrier removes it at the edge of its trust domain).
         """
         cid = self.config.caller_id
         hidden = cid.privacy == "always" or (cid.privacy == "auto" and caller.private)
-        user = self.config.from_user or caller.number or self.config.username or "anonymous"
+        number = caller.number
+        if number is not None and is_number(number):
+            number = self.numbers.normalize(number)
+        user = self.config.from_user or number or self.config.username or "anonymous"
         display = f"{quoted_string(caller.name)} " if caller.name else ""
         if hidden:
             from_address = ANONYMOUS_FROM
         else:
             from_address = f"{display}<sip:{url_quote(user, safe=_USER_SAFE)}@{self.domain}>"
-        asserted = f"{display}<sip:{url_quote(caller.number or user, safe=_USER_SAFE)}@{self.domain}>"
+        asserted = f"{display}<sip:{url_quote(number or user, safe=_USER_SAFE)}@{self.domain}>"
         headers: list[tuple[str, str]] = []
         if cid.pai:
             headers.append(("P-Asserted-Identity", asserted))
