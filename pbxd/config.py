@@ -38,6 +38,7 @@ import yaml
 from pbxd import __version__
 from pbxd.call import routing
 from pbxd.security.acl import DEFAULT_USER_AGENT_BLOCKLIST
+from pbxd.store.models import MAX_CALL_LIMIT
 
 T = TypeVar("T")
 Kind = Callable[[Any, str], Any]
@@ -542,6 +543,10 @@ class ExtensionConfig:
     allow_external: bool = setting(True, boolean)
     voicemail_pin: str | None = setting(None, optional(quoted_digits_or_name))
     enabled: bool = setting(True, boolean)
+    # Toll-fraud guards (docs/security.md): calls placed at once (0: no limit),
+    # and the numbers it may send to a carrier (full matches; none: any).
+    max_calls: int = setting(0, integer(0, MAX_CALL_LIMIT))
+    dial_patterns: tuple[str, ...] = setting((), list_of(text))
 
     def spec(self) -> Any:
         """The store's ExtensionSpec for this entry (it validates every field)."""
@@ -556,7 +561,7 @@ class ExtensionConfig:
             message = str(error)
             field = message.split(" ", 1)[0]
             names = [f.name for f in attrs.fields(ExtensionConfig)]
-            raise ConfigError(field if field in names else "", message) from None
+            raise ConfigError(field if field.split("[", 1)[0] in names else "", message) from None
         return self
 
 
@@ -857,6 +862,18 @@ def did_number(value: Any, key: str) -> str:
     return number
 
 
+# An RTP encoding name, optionally with clock rate and channels: "PCMA", "opus/48000/2" (RFC 4566 §6 rtpmap).
+_CODEC = re.compile(r"[^\s/]+(?:/[0-9]{1,10}(?:/[0-9]{1,3})?)?\Z")
+
+
+def codec_name(value: Any, key: str) -> str:
+    """A codec a trunk may offer: ``name[/rate[/channels]]``, the name in any case."""
+    name = text(value, key).strip()
+    if not _CODEC.match(name):
+        raise ConfigError(key, f"must be a codec such as \"PCMA\" or \"opus/48000/2\", got {_describe(value)}")
+    return name
+
+
 def rate(value: Any, key: str) -> float:
     """A number of events per second, 0 or more."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -912,7 +929,7 @@ class TrunkConfig:
     from_user: str | None = setting(None, optional(text))
     from_domain: str | None = setting(None, optional(host_name))
     outbound_proxy: str | None = setting(None, optional(sip_uri))
-    codecs: tuple[str, ...] = setting((), list_of(text))
+    codecs: tuple[str, ...] = setting((), list_of(codec_name))
     dids: tuple[str, ...] = setting((), list_of(did_number))
     inbound_hosts: tuple[str, ...] = setting((), list_of(network))
     accept_unknown_sources: bool = setting(False, boolean)
@@ -920,6 +937,8 @@ class TrunkConfig:
     max_cps: float = setting(0.0, rate)  # new calls per second; 0: no limit
     register: TrunkRegisterConfig = subsection(TrunkRegisterConfig)
     options_interval: float = setting(0.0, non_negative_seconds)  # 0: no health checks
+    # Seconds a call waits for any response from a server before trying the next; 0: Timer B.
+    failover_timeout: float = setting(5.0, non_negative_seconds)
     pass_headers: tuple[str, ...] = setting((), list_of(header_name))
     caller_id: CallerIdConfig = subsection(CallerIdConfig)
     normalize: tuple[RewriteConfig, ...] = setting((), list_of(section(RewriteConfig)))
@@ -1017,6 +1036,7 @@ class ConsoleConfig:
 
     admins: tuple[ConsoleAdminConfig, ...] = setting((), admin_list)
     session_ttl: float = setting(28800.0, seconds)
+    sip_flow_days: int = setting(30, integer(0, 36500))  # stored SIP ladders; 0: kept like CDRs
 
 
 @attrs.frozen
@@ -1216,6 +1236,13 @@ def yaml_data(text: str) -> Any:
     """YAML text parsed as :func:`load_config` parses a file (safe types only,
     a key given twice in a mapping refused); yaml.YAMLError if it is not YAML."""
     return yaml.load(text, Loader=_StrictLoader)
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """``config`` with ``data_dir`` and ``rtp.recording_dir`` absolute (from the working directory)."""
+    recordings = config.rtp.recording_dir
+    rtp = attrs.evolve(config.rtp, recording_dir=None if recordings is None else recordings.absolute())
+    return attrs.evolve(config, data_dir=config.data_dir.absolute(), rtp=rtp)
 
 
 def parse_config(data: object) -> Config:

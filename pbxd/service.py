@@ -19,8 +19,8 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from pbxd import __version__
-from pbxd.config import Config, SipConfig, TrunkConfig
-from pbxd.events import CALL, EventBus, registration_publisher, watch_trunks
+from pbxd.config import Config, SipConfig, TrunkConfig, with_absolute_paths
+from pbxd.events import EventBus, registration_publisher, watch_trunks
 from pbxd.call.manager import CallManager, CallSettings
 from pbxd.core import LocalDomains, SipCore
 from pbxd.hooks.cdr_push import CdrPusher
@@ -36,7 +36,7 @@ from pbxd.registrar.location import LocationService
 from pbxd.registrar.qualify import Qualifier
 from pbxd.registrar.registrar import Registrar, RegistrarSettings
 from pbxd.security import SipFirewall
-from pbxd.sip.capture import SipCapture
+from pbxd.sip.capture import LadderArchive, SipCapture
 from pbxd.sip.digest import DigestAuthenticator, NonceManager
 from pbxd.sip.message import Request
 from pbxd.sip.timers import TimerSettings
@@ -89,7 +89,10 @@ class PbxService(MultiService):
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        self.config = config
+        # Relative paths mean the directory pbxd was started in, fixed now: twistd
+        # changes to --rundir after makeService, and a recording's path must name
+        # the same file for every later reader (CDR push, /console).
+        self.config = with_absolute_paths(config)
         self.reactor = reactor
         self.log_observer = log_observer
         self.config_path = None if config_path is None else Path(config_path)
@@ -107,8 +110,11 @@ class PbxService(MultiService):
         self.sip = SipService(self.config.sip, self.reactor)
         self.registrar = RegistrarService(self.config, self.reactor, self.sip.core, self.store)
         self.registrar.events = self.events
-        # The console's SIP ladder: kept from the call's end for the capture's grace.
-        self.events.subscribe(self._call_event, [CALL])
+        # The console's SIP ladders, stored once a call is over (Timer F after its end).
+        self.sip_flows = LadderArchive(self.sip.capture, self.reactor, settle=64 * self.config.sip.timers.t1,
+                                       retention=self.config.console.sip_flow_days * 86400.0)
+        self.store.when_open().addCallbacks(self.sip_flows.start, lambda _: None)
+        self.store.closing.append(self.sip_flows.close)
         self.trunks = TrunkService(self.config, self.reactor, self.sip.core)
         self.trunks.watch = lambda registrations, checkers: watch_trunks(
             self.events, self.reactor, registrations, checkers)
@@ -126,10 +132,6 @@ class PbxService(MultiService):
         # HTTP last: it starts once what it drives exists, and stops first.
         self.http = HttpService(self, self.reactor, self.config_path, self.signals)
         return [self.store, self.sip, self.registrar, self.trunks, self.calls, self.http]
-
-    def _call_event(self, event: Any) -> None:
-        if event.type == "ended":
-            self.sip.capture.call_ended(event.call_id)
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -289,6 +291,8 @@ class StoreService(Service):
         self.store: Store | None = None
         self._waiting: list[defer.Deferred[Store]] = []
         self._failure: Any = None
+        # Last writes before the file closes (LadderArchive.close); the close waits for them.
+        self.closing: list[Callable[[], object]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -352,6 +356,8 @@ class StoreService(Service):
         super().stopService()
         store, self.store = self.store, None
         if store is not None:
+            for last_writes in self.closing:
+                last_writes()
             return store.close()
         return None
 

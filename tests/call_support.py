@@ -557,3 +557,21 @@ async def drained(pbx: PbxService, timeout: float = 10.0) -> None:
         await eventually(empty, timeout)
     except AssertionError:
         raise AssertionError(f"left behind: {leftovers(pbx)}") from None
+
+
+def sip_messages(result: SippResult, direction: str, first_line: str, cseq_method: str | None = None) -> list[str]:
+    """The SIP messages a sipp phone ``direction`` ("sent" or "received") whose first line
+    matches the regex ``first_line`` (and whose CSeq names ``cseq_method``), in order;
+    retransmissions included. Line ends are sipp's (CRLF)."""
+    found = []
+    for block in re.split(r"^-{47} .*$", result.messages, flags=re.M):
+        head, _, message = block.lstrip("\r\n").partition("\n")
+        if f"message {direction}" not in head:
+            continue
+        message = message.lstrip("\r\n")
+        if not re.match(first_line, message):
+            continue
+        if cseq_method is not None and not re.search(rf"^CSeq:\s*\d+\s+{cseq_method}\s*$", message, re.M | re.I):
+            continue
+        found.append(message)
+    return found

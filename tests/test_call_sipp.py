@@ -118,10 +118,11 @@ async def test_caller_cancels_while_ringing(pbx: PbxService, tmp_path: Path, tra
     await drained(pbx)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_busy_callee(pbx: PbxService, tmp_path: Path) -> None:
-    callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_busy.xml")
-    result = await caller(pbx, tmp_path, "1001", "1002", "udp", final_and_ack(486))
+async def test_busy_callee(pbx: PbxService, tmp_path: Path, transport: str) -> None:
+    callee_done = await callee(pbx, tmp_path, "1002", transport, "uas_busy.xml")
+    result = await caller(pbx, tmp_path, "1001", "1002", transport, final_and_ack(486))
     assert result.ok, result.explain()
     assert callee_ok(await callee_done)
     [cdr] = await cdrs(pbx)
@@ -129,11 +130,12 @@ async def test_busy_callee(pbx: PbxService, tmp_path: Path) -> None:
     await drained(pbx)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_ring_timeout_cancels_the_callee_and_answers_480(make_pbx, tmp_path: Path) -> None:
+async def test_ring_timeout_cancels_the_callee_and_answers_480(make_pbx, tmp_path: Path, transport: str) -> None:
     pbx = await make_pbx(calls={"max_ring_time": 1.0})
-    callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_ring.xml")
-    result = await caller(pbx, tmp_path, "1001", "1002", "udp", final_and_ack(480, ringing=True))
+    callee_done = await callee(pbx, tmp_path, "1002", transport, "uas_ring.xml")
+    result = await caller(pbx, tmp_path, "1001", "1002", transport, final_and_ack(480, ringing=True))
     assert result.ok, result.explain()
     other = await callee_done
     assert callee_ok(other), other.explain()  # the callee got pbxd's CANCEL
@@ -144,13 +146,15 @@ async def test_ring_timeout_cancels_the_callee_and_answers_480(make_pbx, tmp_pat
     await drained(pbx)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_forked_call_answered_by_one_contact_cancels_the_other(pbx: PbxService, tmp_path: Path) -> None:
-    ringing = await callee(pbx, tmp_path, "1002", "udp", "uas_ring.xml", name="ringing")
-    answering = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", name="answering",
+async def test_forked_call_answered_by_one_contact_cancels_the_other(pbx: PbxService, tmp_path: Path,
+                                                                    transport: str) -> None:
+    ringing = await callee(pbx, tmp_path, "1002", transport, "uas_ring.xml", name="ringing")
+    answering = await callee(pbx, tmp_path, "1002", transport, "uas_answer.xml", name="answering",
                              hangup=WAIT_FOR_BYE)
     assert len(pbx.registrar.location.lookup_user("1002")) == 2
-    result = await caller(pbx, tmp_path, "1001", "1002", "udp", CALLER_HANGS_UP)
+    result = await caller(pbx, tmp_path, "1001", "1002", transport, CALLER_HANGS_UP)
     assert result.ok, result.explain()
     for phone in (ringing, answering):
         done = await phone
@@ -175,15 +179,21 @@ async def test_hold_and_resume_pass_through(pbx: PbxService, tmp_path: Path, tra
     await drained(pbx)
 
 
+@pytest.mark.parametrize(("caller_on", "transferee_on", "target_on"), [
+    ("udp", "udp", "udp"),
+    ("tcp", "tcp", "tcp"),
+    ("udp", "tcp", "udp"),  # the B2BUA bridges legs of different transports
+], ids=["udp", "tcp", "udp-tcp-udp"])
 @pytest_twisted.ensureDeferred
-async def test_blind_transfer_by_refer(pbx: PbxService, tmp_path: Path) -> None:
+async def test_blind_transfer_by_refer(pbx: PbxService, tmp_path: Path, caller_on: str, transferee_on: str,
+                                       target_on: str) -> None:
     """1001 calls 1002 and REFERs it to 1003: NOTIFYs 100, 180, 200 reach 1001, which hangs up;
     1002 is re-INVITEd towards 1003 and the call goes on until 1003 hangs up."""
-    transferee = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml",
+    transferee = await callee(pbx, tmp_path, "1002", transferee_on, "uas_answer.xml",
                               hangup=CALLEE_TAKES_REINVITE + WAIT_FOR_BYE)
-    target = await callee(pbx, tmp_path, "1003", "udp", "uas_answer.xml", hangup=CALLEE_HANGS_UP)
+    target = await callee(pbx, tmp_path, "1003", target_on, "uas_answer.xml", hangup=CALLEE_HANGS_UP)
     after = (ANSWERED + refer(3, f"<sip:1003@{DOMAIN}>") + NOTIFY_ANSWERED * 3 + caller_bye(4))
-    result = await caller(pbx, tmp_path, "1001", "1002", "udp", after)
+    result = await caller(pbx, tmp_path, "1001", "1002", caller_on, after)
     assert result.ok, result.explain()
     assert sipfrags(result) == [100, 180, 200]
     for phone in (transferee, target):
@@ -195,23 +205,25 @@ async def test_blind_transfer_by_refer(pbx: PbxService, tmp_path: Path) -> None:
     await drained(pbx)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_attended_transfer_with_replaces_joins_the_two_calls(pbx: PbxService, tmp_path: Path) -> None:
+async def test_attended_transfer_with_replaces_joins_the_two_calls(pbx: PbxService, tmp_path: Path,
+                                                                   transport: str) -> None:
     """1001 talks to 1003 (call 2), then REFERs 1002 (call 1) to 1003 with Replaces naming call 2:
     pbxd joins 1002 and 1003 (a re-INVITE each), hangs up 1001's leg of call 2, NOTIFYs 100 and 200."""
-    transferee = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml",
+    transferee = await callee(pbx, tmp_path, "1002", transport, "uas_answer.xml",
                               hangup=CALLEE_TAKES_REINVITE + WAIT_FOR_BYE)
-    target = await callee(pbx, tmp_path, "1003", "udp", "uas_answer.xml",
+    target = await callee(pbx, tmp_path, "1003", transport, "uas_answer.xml",
                           hangup=CALLEE_TAKES_REINVITE + CALLEE_HANGS_UP)
     consultation = defer.Deferred.fromCoroutine(
-        caller(pbx, tmp_path, "1001", "1003", "udp", CALLER_WAITS_FOR_BYE, name="consultation"))
+        caller(pbx, tmp_path, "1001", "1003", transport, CALLER_WAITS_FOR_BYE, name="consultation"))
     manager = pbx.calls.manager
     [call2] = await eventually(lambda: [c for c in manager.calls.values() if c.state.value == "answered"])
     dialog = call2.inbound.dialog
     replaces = Replaces(dialog.call_id, to_tag=dialog.local_tag, from_tag=dialog.remote_tag)
     refer_to = format_refer_to(SipURI(DOMAIN, user="1003"), replaces)
     after = ANSWERED + refer(3, refer_to) + NOTIFY_ANSWERED * 2 + caller_bye(4)
-    result = await caller(pbx, tmp_path, "1001", "1002", "udp", after, register=False)
+    result = await caller(pbx, tmp_path, "1001", "1002", transport, after, register=False)
     assert result.ok, result.explain()
     assert sipfrags(result) == [100, 200]
     consulted = await consultation
@@ -307,12 +319,13 @@ async def test_a_vanished_callee_is_torn_down(pbx: PbxService, tmp_path: Path) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_reinvite_while_one_is_pending_gets_491(pbx: PbxService, tmp_path: Path) -> None:
-    """§14.1: the caller's second re-INVITE crosses its first, which the callee is slow to answer."""
+async def test_a_second_reinvite_before_the_first_is_answered_gets_500(pbx: PbxService, tmp_path: Path) -> None:
+    """§14.2: the caller's second re-INVITE comes before its first, which the callee is slow
+    to answer, has its answer: 500 with a Retry-After of 0-10 s (491 is for glare)."""
     slow = CALLEE_TAKES_REINVITE.replace('<recv request="INVITE"/>',
                                          '<recv request="INVITE"/>\n  <pause milliseconds="500"/>')
     callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=slow + WAIT_FOR_BYE)
-    glare = reinvite_refused(3, 0, wait=False) + reinvite_refused(4, 491) + """
+    glare = reinvite_refused(3, 0, wait=False) + reinvite_refused(4, 500) + """
   <recv response="100" optional="true"/>
   <recv response="200"/>
   <send>
@@ -330,6 +343,97 @@ async def test_a_reinvite_while_one_is_pending_gets_491(pbx: PbxService, tmp_pat
   </send>
 """
     result = await caller(pbx, tmp_path, "1001", "1002", "udp", ANSWERED + glare + caller_bye(5))
+    assert result.ok, result.explain()
+    [refusal] = [m for m in result.messages.split("-" * 47) if "SIP/2.0 500 " in m]
+    assert 0 <= int(re.search(r"^Retry-After: (\d+)", refusal, re.M).group(1)) <= 10, refusal  # type: ignore[union-attr]
+    done = await callee_done
+    assert callee_ok(done), done.explain()
+    [cdr] = await cdrs(pbx)
+    assert cdr.disposition == "answered" and cdr.hangup_cause == "normal_clearing"
+    await drained(pbx)
+
+
+# The callee, holding pbxd's re-INVITE unanswered, sends its own: glare on that
+# dialog (§14.2), so 491, which it ACKs; then it answers pbxd's re-INVITE.
+CALLEE_GLARES = """
+  <recv request="INVITE">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="Via:" check_it="true" assign_to="held_via"/>
+      <ereg regexp=".*" search_in="hdr" header="CSeq:" check_it="true" assign_to="held_cseq"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      INVITE [$remote_contact] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: [$local_uri];tag=[pid]SIPpTag01[call_number]
+      To: [$remote_uri];[$remote_tag]
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=callee 1 2 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+      a=sendonly
+
+    ]]>
+  </send>
+  <recv response="491"/>
+  <send>
+    <![CDATA[
+      ACK [$remote_contact] SIP/2.0
+      [last_Via:]
+      From: [$local_uri];tag=[pid]SIPpTag01[call_number]
+      To: [$remote_uri];[$remote_tag]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      Via: [$held_via]
+      From: [$remote_uri];[$remote_tag]
+      To: [$local_uri];tag=[pid]SIPpTag01[call_number]
+      Call-ID: [call_id]
+      CSeq: [$held_cseq]
+      Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=callee 1 3 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_glare_on_a_dialog_gets_491(pbx: PbxService, tmp_path: Path) -> None:
+    """The caller's re-INVITE is forwarded to the callee, who re-INVITEs pbxd before answering
+    it: that dialog has pbxd's INVITE under way, so the callee's gets 491 (§14.2); the first
+    re-INVITE then completes on both sides and the call goes on to a normal BYE."""
+    callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=CALLEE_GLARES + WAIT_FOR_BYE)
+    result = await caller(pbx, tmp_path, "1001", "1002", "udp",
+                          ANSWERED + reinvite(3, "sendrecv", "rtpmap:0 PCMU/8000") + caller_bye(4))
     assert result.ok, result.explain()
     done = await callee_done
     assert callee_ok(done), done.explain()

@@ -7,6 +7,9 @@ What the :class:`Call` does, in the order a call lives it:
   answers reach the caller, with their early-media SDP;
 - the first 2xx wins: it is ACKed and passed to the caller, the other forks
   are CANCELled (a late 2xx from one of them is ACKed and BYEd by its leg);
+- a trunk's server that answers nothing at all within the destination's
+  ``failover_timeout`` is given up (no CANCEL: §9.1 allows none before a
+  provisional response) and counts as a 408, so its next server rings;
 - when every fork failed, the caller gets the best answer (``best_status``,
   §16.7); when the ring time runs out, the forks are CANCELled and the caller
   gets 480 (RFC 3398 §8.2.6.1 maps "no answer from user" to 480; 408 would
@@ -36,13 +39,14 @@ from twisted.logger import Logger
 from pbxd.call import cdr as outcome
 from pbxd.call.leg import Direction, Leg, has_sdp
 from pbxd.call.media import MediaSession, NotAcceptable
-from pbxd.events import CallEvent
+from pbxd.events import CallEvent, DtmfEvent
+from pbxd.media.dtmf import DtmfDigit, digit_from_info
 from pbxd.sip.errors import SipParseError
 from pbxd.sip.headers import Address
 from pbxd.sip.message import Request, Response
 from pbxd.sip.refer import parse_refer, refer_notify
 from pbxd.sip.sdp import Direction as SdpDirection
-from pbxd.sip.sdp import SessionDescription, bump_version, common_codecs, parse_sdp, with_direction
+from pbxd.sip.sdp import SessionDescription, common_codecs, parse_sdp, with_direction
 from pbxd.sip.session_timer import (
     IntervalTooSmall,
     Negotiated,
@@ -54,6 +58,7 @@ from pbxd.sip.session_timer import (
 )
 from pbxd.sip.transaction import ServerTransaction
 from pbxd.transport import Target
+from pbxd.trunks.codecs import offer_for_trunk
 
 if TYPE_CHECKING:
     from pbxd.call.manager import CallManager
@@ -72,9 +77,16 @@ class Destination:
     """One place an outbound leg goes: Request-URI, the flow to send to, Route set, extra headers.
 
     A trunk's destination also says who the call is from and to on that
-    trunk (``from_address``/``to_address``, else the caller's From and To)
-    and which ``credentials`` answer the carrier's 401/407 (anything with
-    ``authorize(retry, response) -> bool``, like a trunk's).
+    trunk (``from_address``/``to_address``, else the caller's From and To),
+    which ``credentials`` answer the carrier's 401/407 (anything with
+    ``authorize(retry, response) -> bool``, like a trunk's), and, when a
+    further server of the trunk follows it, its ``failover_timeout``: the
+    seconds to wait for any response at all before giving up on this one
+    for the next (0: until the INVITE times out, 64*T1). ``codecs``, a
+    trunk's: the only codecs an offer to it may carry (empty: any).
+    ``ring_time``: how long this one rings when it rings beside others that
+    ring longer (a route target's own timeout, parallel strategy); None:
+    as long as its step.
     """
 
     request_uri: str
@@ -84,6 +96,9 @@ class Destination:
     from_address: str | None = None
     to_address: str | None = None
     credentials: Any = None
+    failover_timeout: float = 0.0
+    codecs: tuple[str, ...] = ()
+    ring_time: float | None = None
 
 
 @attrs.frozen
@@ -91,14 +106,19 @@ class Step:
     """Destinations rung together, for at most ``ring_time`` seconds (None: the call's limit).
 
     A ``failover`` step (a trunk's next server) is only tried when the step
-    before it failed for want of a server: no answer, a transport error, or
-    a 5xx (RFC 3263 §4.3). A 486 from the carrier is the called party's
-    answer, and another server of the same carrier would only repeat it.
+    before it failed for want of a server: no answer (the INVITE timed out,
+    or nothing answered it within its destination's ``failover_timeout``), a
+    transport error, or a 5xx (RFC 3263 §4.3). A 486 from the carrier is the
+    called party's answer, and another server of the same carrier would only
+    repeat it. ``follows`` names the hop a failover step takes over from,
+    whose failure decides (without it, the last failure of the call does:
+    with other targets ringing beside a trunk, that may be another's).
     """
 
     destinations: tuple[Destination, ...]
     ring_time: float | None = None
     failover: bool = False
+    follows: Destination | None = None
 
 
 @attrs.define
@@ -135,6 +155,7 @@ class Call:
         limits: CallLimits,
         timer_policy: TimerPolicy | None,
         trunk: str | None = None,
+        start_time: float | None = None,
     ) -> None:
         self.manager = manager
         self.inbound = inbound
@@ -147,17 +168,22 @@ class Call:
         self.direction = direction
         self.media = media
         media.on_timeout = lambda: self.hangup(outcome.MEDIA_TIMEOUT, "system")
+        media.on_dtmf = lambda leg, digit: self._digit(leg, digit, "rtp")
         self.limits = limits
         self.timer_policy = timer_policy
         self.trunk = trunk
         self.state = CallState.RINGING
-        self.start_time = manager.clock.seconds()
+        # When its INVITE came in (the router's think time is part of the call), else now.
+        self.start_time = manager.clock.seconds() if start_time is None else start_time
         self.answer_time: float | None = None
         self.end_time: float | None = None
         self.a: Leg | None = inbound  # the two bridged legs once answered
         self.b: Leg | None = None
         self.ringing: list[Leg] = []  # outbound legs of the current step
         self.statuses: list[int] = []
+        # The final status of each destination rung (or refused before its INVITE), for failover steps.
+        self._hop_status: dict[Destination, int] = {}
+        self._destination_of: dict[Leg, Destination] = {}
         self.status: int | None = None
         self.cause = ""
         self.side = ""
@@ -196,7 +222,7 @@ class Call:
     def _next_step(self) -> None:
         while self._steps and self.state is CallState.RINGING:
             step = self._steps.pop(0)
-            if step.failover and self.statuses and not server_failed(self.statuses[-1]):
+            if step.failover and not self._takes_over(step):
                 continue
             started = [leg for leg in (self._start_leg(d) for d in step.destinations) if leg is not None]
             if started:
@@ -207,6 +233,19 @@ class Call:
                 return
         if self.state is CallState.RINGING and not self.ringing:
             self._fail(outcome.best_status(self.statuses))
+
+    def _takes_over(self, step: Step) -> bool:
+        """Whether a failover step rings: the hop it follows failed for want of a server
+        (a hop never rung, its own predecessor having had an answer, did not)."""
+        if step.follows is not None:
+            status = self._hop_status.get(step.follows)
+            return status is not None and server_failed(status)
+        return not self.statuses or server_failed(self.statuses[-1])
+
+    def _hop_failed(self, destination: Destination | None, status: int) -> None:
+        self.statuses.append(status)
+        if destination is not None:
+            self._hop_status[destination] = status
 
     def _start_leg(self, destination: Destination) -> Leg | None:
         invite = self.inbound.invite
@@ -229,22 +268,36 @@ class Call:
         except ValueError as error:  # not listening on the destination's transport
             log.warn("call {call}: cannot reach {uri}: {error}", call=self.id, uri=destination.request_uri,
                      error=str(error))
-            self.statuses.append(503)
+            self._hop_failed(destination, 503)
             return None
         self._own(leg)
         self.manager.leg_started(leg)
         self.ringing.append(leg)
+        self._destination_of[leg] = destination
         body = b""
         if not self._late_offer:
             try:
-                body = self.media.offer_to(leg, invite.body)
+                body = self.offer_to(leg, invite.body)
             except NotAcceptable as refusal:
                 leg.end()
                 self.ringing.remove(leg)
-                self.statuses.append(refusal.status)
+                self._hop_failed(destination, refusal.status)
                 return None
-        leg.send_invite(body)
+        leg.send_invite(body, response_timeout=destination.failover_timeout)
+        if destination.ring_time is not None:
+            self._timers.start(f"ring-{leg.id}", destination.ring_time, lambda: self._leg_ring_timeout(leg))
         return leg
+
+    def _leg_ring_timeout(self, leg: Leg) -> None:
+        """``leg``'s own ring time ran out while others of its step may ring on."""
+        if self.state is not CallState.RINGING or leg not in self.ringing:
+            return
+        self.ringing.remove(leg)
+        self._hop_failed(self._destination_of.get(leg), 408)
+        leg.cancel()
+        if not self.ringing:
+            self._timers.stop("step")
+            self._next_step()
 
     def outbound_response(self, leg: Leg, response: Response) -> None:
         """A provisional or 2xx answer on an outbound leg."""
@@ -273,9 +326,18 @@ class Call:
         try:
             if answer:
                 return self.media.answer_to(to, message.body)
-            return self.media.offer_to(to, message.body)
+            return self.offer_to(to, message.body)
         except NotAcceptable:
             return None
+
+    def offer_to(self, leg: Leg, body: bytes) -> bytes:
+        """The media session's version of an offer to send to ``leg``; first cut to
+        the trunk's codecs when ``leg`` goes to a trunk (:mod:`pbxd.trunks.codecs`:
+        raises NotAcceptable when none is offered)."""
+        destination = self._destination_of.get(leg)
+        if destination is not None and destination.codecs:
+            body = offer_for_trunk(body, destination.codecs)
+        return self.media.offer_to(leg, body)
 
     def _answered(self, leg: Leg, response: Response) -> None:
         body = self._forward_sdp(self.inbound, response, answer=not self._late_offer)
@@ -363,7 +425,7 @@ class Call:
             return
         if leg in self.ringing:
             self.ringing.remove(leg)
-            self.statuses.append(status)
+            self._hop_failed(self._destination_of.get(leg), status)
             if response is not None and status >= 600:
                 self._hangup_others(None)
                 self._fail(status)
@@ -376,7 +438,7 @@ class Call:
 
     def _step_timeout(self) -> None:
         for leg in self.ringing:
-            self.statuses.append(408)
+            self._hop_failed(self._destination_of.get(leg), 408)
             leg.cancel()
         self.ringing = []
         self._next_step()
@@ -447,8 +509,15 @@ class Call:
         if peer is None or self.state is not CallState.ANSWERED or not peer.is_confirmed:
             leg.answer(txn, 491 if self.state is CallState.ANSWERED else 488)
             return
+        if leg.receiving_invite:
+            # §14.2: a second INVITE before the first is answered is the UA's own
+            # mistake, not glare: 500 with a random Retry-After of 0-10 s.
+            leg.answer(txn, 500, headers=[("Retry-After", str(self._rng.randint(0, 10)))])
+            return
         if self._busy(leg):
-            leg.answer(txn, 491)  # §14.1: an INVITE is under way on this dialog or its peer
+            # §14.2: our INVITE is under way on this dialog, or (B2BUA) on the
+            # peer's, which is where this one would go: glare, 491.
+            leg.answer(txn, 491)
             return
         leg_timer = self._uas_timer_headers(leg, txn, request)
         if leg_timer is None:
@@ -515,7 +584,15 @@ class Call:
         pending = leg.pending_ack
         if self.state is CallState.ANSWERED and self.b is not None and leg is self.inbound \
                 and self._late_offer and not self.b.has_acked:
-            body = self._forward_sdp(self.b, ack, answer=True) or b""
+            body = self._forward_sdp(self.b, ack, answer=True)
+            if body is None:
+                # No codec in common (RFC 3264 §6). The offer in the callee's 2xx still gets an
+                # answer in the ACK (RFC 3261 §13.2.2.4), one refusing every stream; then BYE.
+                from pbxd.call.originate import rejecting_answer  # originate imports this module
+
+                self.b.ack(rejecting_answer(self.b.remote_sdp or b""))
+                self.hangup(outcome.cause_for_status(488), "system")
+                return
             self.b.ack(body)
             return
         if pending is not None:
@@ -541,6 +618,10 @@ class Call:
             return
         headers = [(name, request.get(name)) for name in ("Event", "Subscription-State", "Info-Package")
                    if request.get(name) is not None]
+        if request.method == "INFO" and request.body:
+            digit = digit_from_info(request.get("content-type") or "", request.body)
+            if digit is not None:
+                self._digit(leg, digit, "info")  # and the INFO still goes to the peer, as ever
 
         def done(response: Response | None, reason: str | None) -> None:
             if response is None:
@@ -622,7 +703,8 @@ class Call:
         leg = leg or self.b
         if leg is None or not leg.is_confirmed or leg.local_sdp is None:
             raise CallError("the call has no answered leg to re-INVITE")
-        sdp = bump_version(with_direction(parse_sdp(leg.local_sdp), direction)).to_bytes()
+        # The media session owns the o= towards each leg (one version counter, RFC 3264 §8).
+        sdp = self.media.own_offer(leg, with_direction(parse_sdp(leg.local_sdp), direction).to_bytes())
         self._own_reinvite(leg, sdp)
 
     def _own_reinvite(self, leg: Leg, sdp: bytes) -> None:
@@ -646,6 +728,14 @@ class Call:
                 self._timer_refreshed(leg, response)
 
         leg.send_request("INVITE", done, body=sdp)
+
+    def _digit(self, leg: Leg, digit: DtmfDigit, source: str) -> None:
+        """``leg``'s phone sent a DTMF digit (from its RTP or an INFO): tell the event bus."""
+        if self.state is CallState.ENDED:
+            return
+        self.manager.events.publish(DtmfEvent(
+            self.manager.clock.seconds(), self.id, leg.id, "caller" if leg is self.inbound else "callee",
+            digit.digit, digit.duration, source))
 
     def send_info(self, body: bytes, content_type: str, leg: Leg | None = None) -> None:
         """Send INFO (a DTMF relay, say) to ``leg`` (default: the callee)."""
@@ -711,6 +801,7 @@ class Call:
             if leg.is_ended and leg.call is self:
                 leg.call = None
         self._owned.clear()
+        self._destination_of.clear()
 
     def _own(self, leg: Leg) -> None:
         leg.call = self
@@ -742,6 +833,10 @@ class Call:
             if other is None or other is self or other.state is not CallState.ANSWERED:
                 raise CallError(f"no answered call {target} to join")
             self._join(leg, other, None)
+            if not leg.is_ended:
+                # Joined from code, not on the phone's REFER: the phone does not know it
+                # was transferred and would never hang up (RFC 5589 §6.1), so pbxd does.
+                leg.bye()
             return
         destinations = self.manager.destinations_for(target)
         if not destinations:
@@ -865,10 +960,10 @@ class Call:
                 self.hangup(outcome.LOST, "system")
                 return
             first.ack_reinvite(response)
-            offer = self.media.offer_to(second, response.body) if has_sdp(response) else b""
+            offer = self.offer_to(second, response.body) if has_sdp(response) else b""
             second.send_request("INVITE", second_done, body=offer)
 
-        offer = self.media.offer_to(first, second.remote_sdp or b"")
+        offer = self.offer_to(first, second.remote_sdp or b"")
         first.send_request("INVITE", first_done, body=offer)
 
 
@@ -964,7 +1059,7 @@ class Transfer:
                 self.referrer.timers.start("transferred", REFERRER_GRACE, self.referrer.bye)
             else:
                 self.referrer.bye()  # a transfer from code: nobody else will hang it up
-        offer = call.media.offer_to(stays, leg.remote_sdp or b"")
+        offer = call.offer_to(stays, leg.remote_sdp or b"")
 
         def done(answer: Response | None, reason: str | None) -> None:
             if answer is not None and 200 <= answer.status < 300:

@@ -9,11 +9,13 @@ a timeout (408) and a 487 of our own CANCEL; a 503 is passed on as 500
 (§16.7 step 6: a 503 from downstream would make the caller retry elsewhere
 as if pbxd were overloaded). No answer at all (no contacts) is 480.
 
-``disposition_for`` maps the outcome to the CDR's disposition.
+``disposition_for`` maps the outcome to the CDR's disposition;
+``recording_file`` names a recording as the CDR keeps it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 import attrs
@@ -80,6 +82,17 @@ def disposition_for(answered: bool, status: int | None, cause: str) -> str:
     return "failed"
 
 
+def recording_file(path: Path, data_dir: Path | None) -> str:
+    """A recording as the CDR names it: relative to ``data_dir`` when inside it
+    (``recordings/<call>.wav``: still right when the data directory moves with its
+    database), else absolute. Readers join it onto ``data_dir``, which keeps an
+    absolute one as it is."""
+    path = path.absolute()
+    if data_dir is not None and path.is_relative_to(data_dir.absolute()):
+        return str(path.relative_to(data_dir.absolute()))
+    return str(path)
+
+
 @attrs.frozen(kw_only=True)
 class CallRecord:
     """What a call knows when it ends, for :func:`build_cdr`."""
@@ -128,4 +141,5 @@ __all__ = [
     "build_cdr",
     "cause_for_status",
     "disposition_for",
+    "recording_file",
 ]

@@ -13,6 +13,11 @@ leg to another; the leg does the SIP of its own dialog:
 - as UAC, the ACK of a 2xx is built once (``Dialog.create_ack``) and sent
   again for each retransmission of that 2xx; a CANCEL goes out only after a
   provisional response (§9.1), so a cancel asked for earlier waits for one;
+- an outbound INVITE sent with a ``response_timeout`` (a trunk's failover
+  timeout) that hears nothing at all in time, not even 100 Trying, is given
+  up without a CANCEL (§9.1 allows none yet): it fails as a 408 would, its
+  transaction stops retransmitting, and a late answer still finds the leg: a
+  provisional is CANCELled then, a 2xx ACKed and BYEd (§15);
 - in-dialog requests go to the leg's flow (``target``): the address the
   phone's INVITE came from, or the binding's flow for an outbound leg, which
   is what reaches a phone behind a NAT.
@@ -110,6 +115,8 @@ class Leg:
         self.pending_ack: tuple[Leg, Response] | None = None
         self.credentials: Any = None  # outbound: what answers the callee's challenge, if anything
         self._challenged = False
+        # The ACK sent for each unwanted 2xx's dialog, by To tag (made when the first comes).
+        self._stray_acks: dict[str | None, Request] | None = None
 
     def __repr__(self) -> str:
         return f"<Leg {self.id} {self.direction.value} {self.state.value} {self.target}>"
@@ -299,7 +306,11 @@ class Leg:
 
     # -- outbound: the INVITE and what comes back ---------------------------
 
-    def send_invite(self, body: bytes = b"", content_type: str = SDP_CONTENT_TYPE) -> None:
+    def send_invite(self, body: bytes = b"", content_type: str = SDP_CONTENT_TYPE, *,
+                    response_timeout: float = 0.0) -> None:
+        """Send the leg's INVITE. With ``response_timeout`` > 0, an INVITE that no
+        response at all answers within that many seconds is given up
+        (:meth:`_no_response`); 0 leaves it to the transaction (Timer B)."""
         invite = self.invite
         assert invite is not None and self.direction is Direction.OUTBOUND
         if body:
@@ -309,12 +320,38 @@ class Leg:
         self.state = LegState.CALLING
         self.client_txn = self.manager.core.layer.send_request(
             invite, self.target, self._invite_response, self._invite_failed)
+        if response_timeout > 0 and self.state is LegState.CALLING:  # not failed in transport already
+            self.timers.start("response", response_timeout, self._no_response)
+
+    def _no_response(self) -> None:
+        """Nothing answered the INVITE in time: give it up, and fail as a 408 would.
+
+        §9.1: no CANCEL may go before a provisional response, so the INVITE
+        is abandoned here alone. Its transaction stops retransmitting but
+        stays until Timer B, so that a late response still reaches this leg
+        (:meth:`_invite_response`): ``_cancel_wanted`` makes a late
+        provisional get its CANCEL, and a late 2xx is ACKed and BYEd.
+        """
+        log.info("{leg}: no response to the INVITE to {target}; giving it up", leg=self.id, target=self.target)
+        self._cancel_wanted = True
+        if self.client_txn is not None:
+            self.client_txn.stop_retransmitting()
+        self.final_status = 408
+        self.end()
+        if self.call is not None:
+            self.call.outbound_failed(self, 408, None, reason="no_response")
 
     def _invite_response(self, response: Response) -> None:
         if self.state is LegState.ENDED:
             if 200 <= response.status < 300:
                 self._stray_2xx(response)
+            elif response.status < 200 and self._cancel_wanted and not self._provisional:
+                # An INVITE given up before anything answered (_no_response):
+                # its first provisional response allows the CANCEL now (§9.1).
+                self._provisional = True
+                self._send_cancel()
             return
+        self.timers.stop("response")
         status = response.status
         invite = self.invite
         assert invite is not None
@@ -415,15 +452,27 @@ class Leg:
             self.call.outbound_failed(self, 408, None, reason=reason)
 
     def _stray_2xx(self, response: Response) -> None:
-        """A 2xx nobody wants (a losing fork, a cancelled call): ACK it and BYE its dialog (§15)."""
+        """A 2xx nobody wants (a losing fork, a cancelled call): ACK it and BYE its dialog (§15).
+
+        A retransmission of it gets the same ACK again (§13.2.2.4), and no
+        second BYE: its dialog is being hung up already.
+        """
         invite = self.invite
         assert invite is not None
+        acks = self._stray_acks if self._stray_acks is not None else {}
+        sent = acks.get(response.to_addr.tag)
+        if sent is not None:
+            self.manager.core.transports.send(sent, self.target)
+            return
         try:
             dialog = Dialog.from_uac(invite, response, tls=self.target.transport == "tls")
         except (ValueError, SipParseError) as error:  # a 2xx we cannot even make a dialog of
             log.warn("{leg}: unusable stray 2xx: {error}", leg=self.id, error=str(error))
             return
-        self.manager.core.transports.send(dialog.create_ack(response, self._via()), self.target)
+        ack = dialog.create_ack(response, self._via())
+        acks[response.to_addr.tag] = ack
+        self._stray_acks = acks
+        self.manager.core.transports.send(ack, self.target)
         bye = dialog.create_request("BYE", self._via())
         self.manager.core.layer.send_request(bye, self.target, lambda r: None, lambda reason: None)
 

@@ -33,7 +33,11 @@ A new INVITE goes through, in order:
    other, with the trunk's From identity, the normalised number, and its
    credentials for the carrier's 401/407. Only an authenticated extension
    with ``allow_external`` may call out over a trunk (403 otherwise: toll
-   fraud); a trunk over ``max_calls``/``max_cps`` is 503 with Retry-After.
+   fraud), and only to a number its ``dial_patterns`` allow (403); a trunk
+   over ``max_calls``/``max_cps`` is 503 with Retry-After.
+
+An authenticated caller over its own ``max_calls`` (the calls it places at
+once, counted from admission until the call ends) gets 403 before routing.
 
 ``calls`` maps each live call's id (its inbound Call-ID) to the
 :class:`~pbxd.call.call.Call`; the REST and console issues act on them
@@ -77,6 +81,10 @@ from pbxd.trunks.trunk import Caller, Trunk
 log = Logger()
 
 IN_DIALOG_METHODS = ("BYE", "UPDATE", "INFO", "REFER", "NOTIFY")
+# Why the toll-fraud guards refuse a call: a caller without allow_external
+# (or a trunk's call) routed to a trunk, a number outside the caller's
+# dial_patterns, a caller at its max_calls.
+GUARD_REASONS = ("external_not_allowed", "dial_pattern", "call_limit")
 
 
 @attrs.frozen
@@ -95,19 +103,55 @@ class CallSettings:
         return TimerPolicy(self.session_expires, self.min_se, enforce=False)
 
 
+class CallerSlot:
+    """One call an extension places, counted in ``placing`` (number -> calls)
+    until :meth:`release` (once or more); a number with none left is dropped,
+    so the table holds only callers with calls up."""
+
+    def __init__(self, placing: dict[str, int], number: str) -> None:
+        self._placing: dict[str, int] | None = placing
+        self.number = number
+        placing[number] = placing.get(number, 0) + 1
+
+    def release(self) -> None:
+        placing, self._placing = self._placing, None
+        if placing is None:
+            return
+        left = placing[self.number] - 1
+        if left:
+            placing[self.number] = left
+        else:
+            del placing[self.number]
+
+
 @attrs.define
 class TrunkPlan:
     """What trunks a new call uses: the trunk for the CDR (the one it came in
-    over, else the first it goes out over), the limits' permits it holds
-    (released when the call ends), and each ``trunk:`` target's destinations."""
+    over, else the first it goes out over), the permits it holds (the trunks'
+    limits and the caller's own ``max_calls``, released when the call ends),
+    and each ``trunk:`` target's destinations."""
 
     trunk: str | None = None
-    permits: list[Permit] = attrs.Factory(list)
+    permits: list[Permit | CallerSlot] = attrs.Factory(list)
     destinations: dict[str, list[Destination]] = attrs.Factory(dict)
 
     def release(self) -> None:
         for permit in self.permits:
             permit.release()
+
+
+@attrs.define
+class Admission:
+    """A new INVITE between its arrival and its Call (authentication, routing):
+    enough to write its CDR if it ends there (a CANCEL, a shutdown). ``facts``
+    is set once the caller is known; until then it was no one's call."""
+
+    started: float
+    deferred: defer.Deferred[Any] | None = None
+    facts: CallFacts | None = None
+    caller: str = ""
+    called: str = ""
+    plan: TrunkPlan | None = None
 
 
 @attrs.frozen
@@ -165,7 +209,7 @@ class CallManager:
         # a leg's end does not walk every dialog of every live call.
         self._dialogs_of: dict[Leg, list[Dialog]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
-        self._routing: dict[ServerTransaction, defer.Deferred[Any]] = {}
+        self._routing: dict[ServerTransaction, Admission] = {}
         self._writes: set[defer.Deferred[Any]] = set()
         self.accepting = True
         # Live calls plus INVITEs being admitted; over it new INVITEs get 503
@@ -177,6 +221,10 @@ class CallManager:
         self.capture: Any = None
         # The trunks (pbxd.trunks.TrunkRegistry) calls come in and go out over; PbxService sets it.
         self.trunks: Any = None
+        # Calls each authenticated extension is placing now (CallerSlot), for its max_calls.
+        self.placing: dict[str, int] = {}
+        # Calls refused by the toll-fraud guards, by reason (GUARD_REASONS), for /metrics.
+        self.guard_refusals: dict[str, int] = dict.fromkeys(GUARD_REASONS, 0)
         for method in ("INVITE", *IN_DIALOG_METHODS):
             core.register(method, self)
         core.support("timer", "replaces")
@@ -244,10 +292,8 @@ class CallManager:
         if call is not None:
             call.caller_cancelled()
             return
-        routing = self._routing.pop(invite_txn, None)
-        if routing is not None:
-            routing.cancel()
-        self.core.reply(invite_txn, 487)
+        if not self._end_admission(invite_txn, 487, "caller"):
+            self.core.reply(invite_txn, 487)
 
     def _ack(self, ack: Request, source: Target) -> None:
         dialog = self.dialogs.match_request(ack)
@@ -285,8 +331,8 @@ class CallManager:
         if self.registrar.authenticator is None:
             self.core.reply(txn, 503, Retry_After="5")  # the registrar is still loading
             return
-        d = defer.Deferred.fromCoroutine(self._admit(txn, request))
-        self._routing[txn] = d
+        admission = self._routing[txn] = Admission(self.clock.seconds())
+        d = admission.deferred = defer.Deferred.fromCoroutine(self._admit(txn, request, admission))
         d.addErrback(self._admit_failed, txn)
         d.addBoth(self._admitted, txn)
 
@@ -305,14 +351,42 @@ class CallManager:
             self.core.reply(txn, 500)
         return None
 
-    async def _admit(self, txn: ServerTransaction, request: Request) -> None:
+    def _end_admission(self, txn: ServerTransaction, status: int, side: str, **headers: str) -> bool:
+        """End a new INVITE still being admitted: answer ``status`` and, when it was
+        someone's call already, write its CDR. False when ``txn`` is not being admitted."""
+        admission = self._routing.pop(txn, None)
+        if admission is None:
+            return False
+        if admission.deferred is not None:
+            admission.deferred.cancel()
+        if not txn.has_final_response:
+            self.core.reply(txn, status, **headers)
+        self._record_unconnected(admission, status, outcome.SHUTDOWN if status == 503 else None, side)
+        return True
+
+    def _record_unconnected(self, admission: Admission, status: int, cause: str | None, side: str) -> None:
+        """The CDR of a call that ended with ``status`` before it rang, if it was someone's call."""
+        facts = admission.facts
+        if facts is None:
+            return
+        self._store_cdr(facts.call_id, outcome.CallRecord(
+            call_id=facts.call_id, from_number=admission.caller, to_number=admission.called,
+            direction=facts.direction, start_time=admission.started, end_time=self.clock.seconds(),
+            answer_time=None, status=status, cause=cause or outcome.cause_for_status(status), side=side,
+            trunk=admission.plan.trunk if admission.plan is not None else None))
+
+    async def _admit(self, txn: ServerTransaction, request: Request, admission: Admission) -> None:
         matched: InboundCall | InboundRefusal | None = (
             self.trunks.match_inbound(request, txn.source) if self.trunks is not None else None)
         if isinstance(matched, InboundRefusal):
-            log.info("call {call_id}: DID {did} of trunk {trunk} called from {source}, which is no trunk's",
-                     call_id=request.call_id, did=matched.did, trunk=matched.trunk.name, source=str(txn.source))
-            self.core.reply(txn, matched.status, matched.reason)
-            return
+            # Not the trunk's call, so a caller like any other: challenged
+            # first, as every number is (issue 9: a 403 before the challenge
+            # would tell a scanner which numbers are DIDs). Only an
+            # extension that authenticates gets further.
+            log.info("call {call_id}: DID {did} of trunk {trunk} called from {source}, which is no trunk's;"
+                     " only an extension's credentials admit it", call_id=request.call_id, did=matched.did,
+                     trunk=matched.trunk.name, source=str(txn.source))
+            matched = None
         user = None
         if matched is None:
             user = await self.registrar.authenticator.authenticate(txn, request, proxy=True)
@@ -357,9 +431,11 @@ class CallManager:
                 request, txn.source, direction="internal" if callee_is_extension else "outbound",
                 callee_is_extension=callee_is_extension)
         plan = TrunkPlan()
-        refusal = self.take_permit(request.call_id, matched.trunk, plan) if matched is not None else None
+        admission.facts, admission.caller, admission.called, admission.plan = facts, caller, called, plan
+        refusal = (self.take_permit(request.call_id, matched.trunk, plan) if matched is not None
+                   else self.take_caller_slot(request.call_id, user, plan))
         if refusal is not None:
-            self._refuse(txn, refusal)
+            self._refuse(txn, refusal, admission)
             return
         try:
             decision: RouteDecision = await self.router.decide(facts)
@@ -368,21 +444,23 @@ class CallManager:
                                                  abandoned=lambda: txn.has_final_response)
             if txn.has_final_response or refusal is not None:
                 if refusal is not None and not txn.has_final_response:
-                    self._refuse(txn, refusal)
+                    self._refuse(txn, refusal, admission)
                 plan.release()
                 return
         except BaseException:
             plan.release()
             raise
-        self._act(txn, request, caller, called, facts, decision, plan)
+        self._act(txn, request, caller, called, facts, decision, plan, admission.started)
 
-    def _refuse(self, txn: ServerTransaction, refusal: TrunkRefusal) -> None:
+    def _refuse(self, txn: ServerTransaction, refusal: TrunkRefusal, admission: Admission) -> None:
         retry = {} if refusal.retry_after is None else {"Retry_After": str(refusal.retry_after)}
         self.core.reply(txn, refusal.status, refusal.reason, **retry)
+        self._record_unconnected(admission, refusal.status, None, "system")
 
     def take_permit(self, call_id: str, trunk: Trunk, plan: TrunkPlan) -> TrunkRefusal | None:
         """A call slot of ``trunk`` into the plan; a 503 refusal (and the plan
         released) when the trunk is over its limits."""
+        plan.trunk = plan.trunk or trunk.name  # also the refused call's CDR's
         got = trunk.limits.acquire()
         if isinstance(got, Refusal):
             log.info("call {call_id}: trunk {trunk} refused it: {reason}", call_id=call_id,
@@ -390,8 +468,26 @@ class CallManager:
             plan.release()
             return TrunkRefusal(503, "Trunk Busy", got.retry_after)
         plan.permits.append(got)
-        plan.trunk = plan.trunk or trunk.name
         return None
+
+    def take_caller_slot(self, call_id: str, user: Any, plan: TrunkPlan) -> TrunkRefusal | None:
+        """One of the calls ``user`` (an AuthenticatedUser) may place at once
+        into the plan; a 403 refusal when it has ``max_calls`` up already."""
+        limit = user.record.max_calls
+        if limit and self.placing.get(user.username, 0) >= limit:
+            self._guard_refused("call_limit", "call {call_id}: {who} refused: it places {limit} calls at once"
+                                " already (max_calls)", call_id=call_id, who=user.username, limit=limit)
+            # 403, not 486 (that says the callee is busy) nor 503 (that tells
+            # the phone to try another server, RFC 3261 §21.5.4): the caller
+            # is refused, and the reason phrase tells its user why.
+            return TrunkRefusal(403, "Call Limit Reached")
+        plan.permits.append(CallerSlot(self.placing, user.username))
+        return None
+
+    def _guard_refused(self, reason: str, message: str, **fields: Any) -> None:
+        """Count and log a call the toll-fraud guards refused (``reason``: one of GUARD_REASONS)."""
+        self.guard_refusals[reason] += 1
+        log.warn(message, reason=reason, **fields)
 
     async def plan_trunks(self, request: Request, user: Any, called: str, decision: RouteDecision,
                           plan: TrunkPlan, abandoned: Callable[[], bool] = lambda: False) -> TrunkRefusal | None:
@@ -406,14 +502,23 @@ class CallManager:
         if user is None or not user.record.allow_external:
             # Toll fraud (issue 9): only an extension allowed to call out
             # reaches a carrier, never a trunk's call or a stranger.
-            log.warn("call {call_id}: {who} may not call out over a trunk", call_id=request.call_id,
-                     who="a trunk's call" if user is None else user.username)
+            self._guard_refused("external_not_allowed", "call {call_id}: {who} may not call out over a trunk",
+                                call_id=request.call_id, who="a trunk's call" if user is None else user.username)
             return TrunkRefusal(403, "External Calls Not Allowed")
         for target in targets:
             trunk = self.trunks.trunk(target.trunk) if self.trunks is not None else None
             if trunk is None:
                 log.warn("call {call_id}: no trunk {trunk}", call_id=request.call_id, trunk=target.trunk)
                 return TrunkRefusal(503, "Trunk Not Configured")
+            # The patterns judge the number the carrier would get (after the
+            # route's rewrite and the trunk's normalize rules): that is what is
+            # billed, whatever the phone dialled.
+            number = carrier_number(trunk, decision, called)
+            if not user.record.may_dial(number):
+                self._guard_refused("dial_pattern", "call {call_id}: {who} may not call {number} over trunk {trunk}:"
+                                    " no dial pattern of it matches", call_id=request.call_id,
+                                    who=user.username, number=number, trunk=trunk.name)
+                return TrunkRefusal(403, "Number Not Allowed")
             refusal = self.take_permit(request.call_id, trunk, plan)
             if refusal is not None:
                 return refusal
@@ -445,7 +550,7 @@ class CallManager:
         call.replace(old, inbound)
 
     def _act(self, txn: ServerTransaction, request: Request, caller: str, called: str,
-             facts: CallFacts, decision: RouteDecision, plan: TrunkPlan) -> None:
+             facts: CallFacts, decision: RouteDecision, plan: TrunkPlan, started: float) -> None:
         if decision.action != "forward":
             plan.release()
             status = 404 if decision.action == "not_handled" else decision.status or 403
@@ -453,10 +558,10 @@ class CallManager:
                      source=decision.source)
             self.core.reply(txn, status, decision.reason)
             cause = "spam" if decision.action == "spam" else outcome.cause_for_status(status)
-            now = self.clock.seconds()
             self._store_cdr(facts.call_id, outcome.CallRecord(
                 call_id=facts.call_id, from_number=caller, to_number=called, direction=facts.direction,
-                start_time=now, end_time=now, answer_time=None, status=status, cause=cause, side="system",
+                start_time=started, end_time=self.clock.seconds(), answer_time=None, status=status, cause=cause,
+                side="system",
                 trunk=plan.trunk))
             return
         steps = self.ring_steps(decision, plan)
@@ -470,7 +575,7 @@ class CallManager:
             self, inbound, from_number=caller, to_number=decision.called or called,
             direction=facts.direction,
             media=self.media_factory(MediaRequest.for_decision(facts.call_id, decision, facts.source.host)),
-            limits=limits, timer_policy=self.settings.timer_policy(), trunk=plan.trunk,
+            limits=limits, timer_policy=self.settings.timer_policy(), trunk=plan.trunk, start_time=started,
         )
         call.ended_callbacks.append(lambda _: plan.release())
         self.calls[call.id] = call
@@ -488,36 +593,59 @@ class CallManager:
                 # A trunk's hops one at a time: the next only when a server
                 # failed (RFC 3263 §4.3); the target's ring time bounds the last.
                 hops = plan.destinations.get(target.destination, [])
-                steps += [Step((hop,), None if n < len(hops) - 1 else decision.ring_time(target), failover=n > 0)
-                          for n, hop in enumerate(hops)]
+                steps += [Step((hop,), None if n < len(hops) - 1 else decision.ring_time(target), failover=n > 0,
+                               follows=hops[n - 1] if n else None) for n, hop in enumerate(hops)]
                 continue
             steps.append(Step(tuple(self.target_destinations(target, decision)), decision.ring_time(target)))
         if decision.strategy == "parallel":
             # All at once, but a trunk's further servers only after its first failed.
-            first = tuple(d for step in steps if not step.failover for d in step.destinations)
-            steps = [Step(first, decision.timeout), *(step for step in steps if step.failover)]
+            # A target with a timeout of its own rings that long: the step lasts
+            # as long as its longest target, each destination stops at its own.
+            own = [(step, decision.timeout if step.ring_time is None else step.ring_time)
+                   for step in steps if not step.failover]
+            times = [time for _, time in own]
+            longest = None if None in times or not times else max(times)  # type: ignore[type-var]
+            first = tuple(d if time in (None, longest) else attrs.evolve(d, ring_time=time)
+                          for step, time in own for d in step.destinations)
+            steps = [Step(first, longest), *(step for step in steps if step.failover)]
         return steps
 
     def target_destinations(self, target: RouteTarget, decision: RouteDecision | None = None) -> list[Destination]:
         """Where an extension or URI target is reached (trunks: :meth:`trunk_destinations`)."""
         kind = target.kind
         headers = tuple(decision.headers if decision is not None else ()) + target.headers
-        if kind == "extension":
+        number = target.destination if kind == "extension" else self._own_user(target.destination)
+        if number is not None:
             return [
                 Destination(contact.request_uri, contact.target, contact.route, headers)
-                for contact in self.registrar.location.lookup_user(target.destination)
+                for contact in self.registrar.location.lookup_user(number)
             ]
         destination = uri_destination(target.destination, headers)
         return [] if destination is None else [destination]
+
+    def _own_user(self, text: str) -> str | None:
+        """The user of a sip: URI that names pbxd itself (one of its domains, or its
+        address at its own port or none), else None: sent there, the INVITE would
+        only come back to pbxd, so ``sip:1002@pbx.example`` rings extension 1002."""
+        try:
+            uri = parse_uri(text)
+        except (SipParseError, ValueError):
+            return None
+        if not isinstance(uri, SipURI) or not self.core.domains.is_local(uri.host):
+            return None
+        if uri.port is not None and uri.port not in {listener.port for listener in self.core.transports.listeners}:
+            return None  # another program on this machine: a phone, say
+        return uri_user(uri)
 
     async def trunk_destinations(self, trunk: Trunk, target: RouteTarget, decision: RouteDecision,
                                  request: Request, user: Any, called: str) -> list[Destination]:
         """Every hop of ``trunk`` for the called number (normalised by the
         trunk's rules), in the order to try, each with the trunk's identity
         for the caller (From, P-Asserted-Identity / Remote-Party-ID /
-        Privacy), the headers ``pass_headers`` lets through, and the trunk's
-        credentials for the carrier's challenge."""
-        number = trunk.numbers.normalize(decision.called or called)
+        Privacy), the headers ``pass_headers`` lets through, the trunk's
+        credentials for the carrier's challenge, and its codecs (the only
+        ones an offer to the carrier carries)."""
+        number = carrier_number(trunk, decision, called)
         caller = Caller(user.username, user.record.display_name or None, asks_privacy(request))
         identity = trunk.identity_headers(caller)
         headers = (*decision.headers, *target.headers, *identity.headers, *trunk.passed_headers(request.headers))
@@ -526,23 +654,15 @@ class CallManager:
         if not hops:
             log.warn("trunk {trunk}: nowhere to send a call to", trunk=trunk.name)
         return [Destination(hop.request_uri, hop.target, hop.route, headers, identity.from_address, to_address,
-                            trunk.credentials) for hop in hops]
+                            trunk.credentials, hop.failover_timeout, trunk.codecs) for hop in hops]
 
     def destinations_for(self, target: str) -> list[Destination]:
         """Destinations for a transfer target: an extension number, or a URI (a local user's
         URI rings that extension)."""
-        number = target
-        if ":" in target:
-            try:
-                uri = parse_uri(target)
-            except (SipParseError, ValueError):
-                return []
-            user = uri_user(uri)
-            if isinstance(uri, SipURI) and self.core.domains.is_local(uri.host) and user is not None:
-                number = user
-            else:
-                destination = uri_destination(target, ())
-                return [] if destination is None else [destination]
+        number = target if ":" not in target else self._own_user(target)
+        if number is None:
+            destination = uri_destination(target, ())
+            return [] if destination is None else [destination]
         if self.registrar.location is None:
             return []
         return [Destination(c.request_uri, c.target, c.route) for c in self.registrar.location.lookup_user(number)]
@@ -553,6 +673,10 @@ class CallManager:
         self._store_cdr(call.id, call.record())
 
     def _store_cdr(self, call_id: str, call_record: outcome.CallRecord) -> None:
+        if self.capture is not None:
+            # Every call with a CDR, refused ones too: its SIP ladder is kept
+            # (pbxd.sip.capture) under the Call-ID the CDR has.
+            self.capture.call_ended(call_id)
         try:
             record = outcome.build_cdr(call_record)
         except (TypeError, ValueError):
@@ -563,16 +687,26 @@ class CallManager:
             return
         d = self.store.add_cdr(record)
         if self.cdr_pusher is not None:
-            d.addCallback(self.cdr_pusher.push)
+            d.addCallback(self._push_cdr)
         d.addErrback(lambda failure: log.failure("CDR of call {call} was not written", failure, call=call_id))
         self._writes.add(d)
         d.addBoth(lambda _: self._writes.discard(d))
 
+    def _push_cdr(self, cdr: Any) -> defer.Deferred[None]:
+        """Push ``cdr``; fires once the push is spooled. A clean stop waits for that (the
+        CDR is then safe), not for a receiver that may be slow or down."""
+        assert self.cdr_pusher is not None
+        spooled: defer.Deferred[None] = defer.Deferred()
+        self.cdr_pusher.push(cdr, spooled).addErrback(
+            lambda failure: log.failure("CDR push of call {call} failed", failure, call=cdr.call_id))
+        return spooled
+
     def stop(self) -> defer.Deferred[None]:
-        """Refuse new calls, hang up every call, and fire once their CDRs are written."""
+        """Refuse new calls, hang up every call, and fire once their CDRs are written
+        (and spooled for the push)."""
         self.accepting = False
-        for routing in list(self._routing.values()):
-            routing.cancel()
+        for txn in list(self._routing):
+            self._end_admission(txn, 503, "system", Retry_After="30")
         for call in list(self.calls.values()):
             call.hangup(outcome.SHUTDOWN, "system")
         return defer.DeferredList(list(self._writes)).addCallback(lambda _: None)
@@ -580,6 +714,12 @@ class CallManager:
     @property
     def active(self) -> list[Call]:
         return [call for call in self.calls.values() if call.state is not CallState.ENDED]
+
+
+def carrier_number(trunk: Trunk, decision: RouteDecision, called: str) -> str:
+    """The number a call to ``called`` sends to ``trunk``'s carrier: the
+    route's rewrite of it, if any, normalised by the trunk's rules."""
+    return trunk.numbers.normalize(decision.called or called)
 
 
 def uri_destination(text: str, headers: Iterable[tuple[str, str]]) -> Destination | None:
@@ -596,4 +736,5 @@ def uri_destination(text: str, headers: Iterable[tuple[str, str]]) -> Destinatio
     return Destination(text, Target(transport, uri.host, uri.port or DEFAULT_PORTS[transport]), (), tuple(headers))
 
 
-__all__ = ["CallManager", "CallSettings", "TrunkPlan", "TrunkRefusal", "asks_privacy", "uri_destination"]
+__all__ = ["GUARD_REASONS", "CallManager", "CallSettings", "CallerSlot", "TrunkPlan", "TrunkRefusal", "asks_privacy",
+           "carrier_number", "uri_destination"]

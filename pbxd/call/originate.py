@@ -208,11 +208,14 @@ async def originate(manager: CallManager, from_number: str, to: str, *, caller_i
     OriginateError: 404 for an unknown extension or no route to ``to``, 409
     when ``from_number`` (or the extension rung) has no registered contact,
     400 for a ``to`` that is no number or URI, 403 when the route refuses the
-    call or a route over a trunk when ``from_number`` may not call out
-    (``allow_external``: the API's token authorises the click, the extension's
-    right decides where it may reach), 503 while the manager takes no new
-    calls (shutting down, at ``max_calls``) or the trunk is busy (with
-    ``retry_after``) or not configured.
+    call, when ``from_number`` has its ``max_calls`` up already (a
+    click-to-dial call counts as one it places, from now until it ends), or
+    for a route over a trunk when ``from_number`` may not call out
+    (``allow_external``) or not to that number (``dial_patterns``): the API's
+    token authorises the click, the extension's rights decide where it may
+    reach. 503 while the manager takes no new calls (shutting down, at
+    ``max_calls``), the user backend cannot answer for ``from_number``, or
+    the trunk is busy (with ``retry_after``) or not configured.
     """
     if not manager.accepting or (manager.max_calls and len(manager.calls) >= manager.max_calls):
         raise OriginateError(503, "pbxd takes no new calls now")
@@ -229,44 +232,56 @@ async def originate(manager: CallManager, from_number: str, to: str, *, caller_i
         to_address = dialled_address(to, domain)
     except (SipParseError, ValueError) as error:
         raise OriginateError(400, f"cannot call {to}: {error}") from None
+    # The INVITE from_number would have sent: what routes match on.
+    uri = to_address.uri
+    dialled = Request("INVITE", str(uri), [
+        ("From", str(from_address.with_param("tag", "click-to-dial"))), ("To", str(to_address)),
+        ("Call-ID", manager.new_call_id(domain)), ("CSeq", "1 INVITE"), ("Max-Forwards", "70")])
+    user = await calling_user(manager, from_number)
+    # Counted like a call the phone places itself (CallManager._admit): from
+    # here until the call ends, released on every way out.
+    plan = TrunkPlan()
+    if user is not None:
+        refusal = manager.take_caller_slot(dialled.call_id, user, plan)
+        if refusal is not None:
+            raise OriginateError(403, f"{from_number} places {user.record.max_calls} calls at once already"
+                                      " (max_calls)")
+    try:
+        originator = await _plan(manager, from_number, to, caller_id, contacts, from_address, to_address, dialled,
+                                 user, plan)
+    except BaseException:
+        plan.release()
+        raise
+    return originator.start(contacts)
+
+
+async def _plan(manager: CallManager, from_number: str, to: str, caller_id: str | None, contacts: list[Destination],
+                from_address: Address, to_address: Address, dialled: Request, user: AuthenticatedUser | None,
+                plan: TrunkPlan) -> Originator:
+    """The Originator of a click-to-dial call to ``to`` with ``plan``'s permits (see :func:`originate`)."""
     uri = to_address.uri
     if not (isinstance(uri, SipURI) and manager.core.domains.is_local(uri.host)):
         destinations = manager.destinations_for(to)
         if not destinations:
             raise OriginateError(404, f"nowhere to reach {to}")
-        originator = Originator(manager, from_number, to, [Step(tuple(destinations))], "outbound", caller_id,
-                                from_address, to_address, None)
-        return originator.start(contacts)
-    # The INVITE from_number would have sent: what routes match on.
-    dialled = Request("INVITE", str(uri), [
-        ("From", str(from_address.with_param("tag", "click-to-dial"))), ("To", str(to_address)),
-        ("Call-ID", manager.new_call_id(domain)), ("CSeq", "1 INVITE"), ("Max-Forwards", "70")])
+        return Originator(manager, from_number, to, [Step(tuple(destinations))], "outbound", caller_id,
+                          from_address, to_address, None, plan)
     called = uri_user(uri) or ""
-    is_extension = directory.has_user(called)
+    is_extension = manager.registrar.directory.has_user(called)
     facts = CallFacts.from_request(dialled, contacts[0].target, direction="internal" if is_extension else "outbound",
                                    callee_is_extension=is_extension)
     decision: RouteDecision = await manager.router.decide(facts)
     if decision.action != "forward":
         status = 404 if decision.action == "not_handled" else 403
         raise OriginateError(status, f"no route to {to}" if status == 404 else f"the route refused {to}")
-    plan = TrunkPlan()
-    if any(target.kind == "trunk" for target in decision.targets):
-        user = await calling_user(manager, from_number)
-        try:
-            refusal = await manager.plan_trunks(dialled, user, called, decision, plan)
-        except BaseException:
-            plan.release()
-            raise
-        if refusal is not None:
-            plan.release()
-            raise trunk_refused(to, refusal)
+    refusal = await manager.plan_trunks(dialled, user, called, decision, plan)
+    if refusal is not None:
+        raise trunk_refused(from_number, to, refusal)
     steps = manager.ring_steps(decision, plan)
     if not any(step.destinations for step in steps):
-        plan.release()
         raise OriginateError(409 if is_extension else 404, f"nowhere to reach {to}")
-    originator = Originator(manager, from_number, decision.called or called, steps, facts.direction, caller_id,
-                            from_address, to_address, decision, plan)
-    return originator.start(contacts)
+    return Originator(manager, from_number, decision.called or called, steps, facts.direction, caller_id,
+                      from_address, to_address, decision, plan)
 
 
 async def calling_user(manager: CallManager, from_number: str) -> AuthenticatedUser | None:
@@ -281,11 +296,18 @@ async def calling_user(manager: CallManager, from_number: str) -> AuthenticatedU
     return AuthenticatedUser(from_number, authenticator.realm, "", lookup.user, lookup.backend)
 
 
-def trunk_refused(to: str, refusal: TrunkRefusal) -> OriginateError:
-    """What the API answers for a trunk's refusal of the call to ``to``."""
-    if refusal.status == 403:
-        return OriginateError(403, f"{to} is routed over a trunk and the caller may not call out")
-    return OriginateError(refusal.status, f"{to} is routed over a trunk: {refusal.reason}", refusal.retry_after)
+# The toll-fraud guards' refusals (CallManager.plan_trunks), by reason phrase, as the API says them.
+_GUARD_MESSAGES = {
+    "External Calls Not Allowed": "{to} is routed over a trunk and {caller} may not call out (allow_external)",
+    "Number Not Allowed": "{to} is routed over a trunk and no dial pattern of {caller} allows it (dial_patterns)",
+}
+
+
+def trunk_refused(from_number: str, to: str, refusal: TrunkRefusal) -> OriginateError:
+    """What the API answers when ``from_number``'s call to ``to`` may not use a trunk."""
+    message = _GUARD_MESSAGES.get(refusal.reason, "{to} is routed over a trunk: {reason}")
+    return OriginateError(refusal.status, message.format(to=to, caller=from_number, reason=refusal.reason),
+                          refusal.retry_after)
 
 
 __all__ = ["OriginLeg", "OriginateError", "Originator", "originate"]
