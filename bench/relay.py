@@ -83,7 +83,8 @@ BUSY = bool(os.environ.get("BENCH_BUSY_PHONES"))
 
 def phones(seconds: float, warmup: float) -> None:
     """Read the call list (JSON line of [a_port, b_port]) and play both ends; print a JSON result."""
-    if len(os.sched_getaffinity(0)) > 1 and not os.environ.get("NOPIN"):
+    # By the machine's CPUs, not this process's: it inherits the relay's pinning to CPU 0.
+    if (os.cpu_count() or 1) > 1 and not os.environ.get("NOPIN"):
         os.sched_setaffinity(0, {1})
     side_a, side_b = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
     for sock in (side_a, side_b):
