@@ -46,8 +46,6 @@ def test_a_flow_is_validated() -> None:
     with pytest.raises(TypeError):
         SipFlow(call_id="c", ended_at=1.0, messages=[step("x")])  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        SipFlow(call_id="c", ended_at=1.0, messages=({"t": float("nan")},))
-    with pytest.raises(ValueError):
         SipFlow(call_id="c", ended_at=1.0, messages=(), dropped=-1)
     with pytest.raises(ValueError):
         SipFlow(call_id="c", ended_at=-1.0, messages=())
@@ -66,6 +64,8 @@ async def test_flows_are_stored_replaced_and_pruned(store: Store, tmp_path: Path
         await store.get_sip_flow("nope")
     with pytest.raises(TypeError):
         await store.add_sip_flows(["not a flow"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="not JSON"):
+        await store.add_sip_flows([SipFlow(call_id="c", ended_at=1.0, messages=({"t": float("nan")},))])
     assert await store.prune_sip_flows(10.0) == 0  # strictly before
     assert await store.prune_sip_flows(15.0) == 1
     with pytest.raises(NotFoundError):

@@ -362,12 +362,10 @@ class Cdr:
 
 
 def _ladder(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    # Whether the steps are JSON is checked once, when Store.add_sip_flows encodes
+    # them: encoding a ladder twice per call cost a few % of a busy pbxd's CPU.
     if not isinstance(value, tuple) or not all(isinstance(step, Mapping) for step in value):
         raise TypeError(f"{attribute.name} must be a tuple of mappings")
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{attribute.name} is not JSON-serializable: {e}") from None
 
 
 @attrs.frozen(kw_only=True)

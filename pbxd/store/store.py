@@ -70,6 +70,9 @@ ExtensionListener = Callable[[str, "Extension | None"], None]
 # TCP 1000/s 0.81 / 0.76 / 0.73; UDP 600/s 0.98 / 0.97 / 0.94; UDP 300/s
 # 1.30 / 1.30 / 1.19.
 GROUP_WINDOW = 0.005
+# zlib level for stored SIP ladders: on a 12-message call ladder level 1 takes
+# half the default's time (30 against 59 µs) and stores it about 5% larger.
+LADDER_COMPRESSION = 1
 
 # sqlite3 errors that concern one write of a group (a constraint, a bad value):
 # that write is rolled back to its savepoint and the others go on. Any other
@@ -931,9 +934,12 @@ class Store:
         """
         if not all(isinstance(flow, SipFlow) for flow in flows):
             return defer.fail(TypeError("add_sip_flows takes SipFlows"))
-        rows = [(flow.call_id, float(flow.ended_at), flow.dropped,
-                 json.dumps(flow.messages, allow_nan=False, separators=(",", ":")).encode())
-                for flow in flows]
+        try:
+            rows = [(flow.call_id, float(flow.ended_at), flow.dropped,
+                     json.dumps(flow.messages, allow_nan=False, separators=(",", ":")).encode())
+                    for flow in flows]
+        except (TypeError, ValueError) as e:
+            return defer.fail(ValueError(f"a SIP ladder is not JSON: {e}"))
 
         def add(cursor: Any) -> None:
             # Compressed here, in the pool thread: zlib lets go of the GIL, the reactor goes on.
@@ -941,7 +947,8 @@ class Store:
                 "INSERT INTO sip_flows (call_id, ended_at, dropped, messages) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (call_id) DO UPDATE SET ended_at = excluded.ended_at,"
                 " dropped = excluded.dropped, messages = excluded.messages",
-                [(call_id, ended_at, dropped, zlib.compress(text)) for call_id, ended_at, dropped, text in rows])
+                [(call_id, ended_at, dropped, zlib.compress(text, LADDER_COMPRESSION))
+                 for call_id, ended_at, dropped, text in rows])
 
         return self._grouped("add_sip_flows", add)
 
