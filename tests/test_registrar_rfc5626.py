@@ -202,3 +202,18 @@ async def test_reg_id_without_an_instance_does_not_key_the_binding(
     assert sorted(uri for uri, _, _ in listed(answer)) == sorted(
         [f"sip:1001@127.0.0.1:{first.port}", f"sip:1001@127.0.0.1:{second.port}"])
     assert len(stored(pbx)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_reg_id_with_a_second_contact_gets_400(pbx: PbxService, udp_peers: MakePeer) -> None:
+    """RFC 5626 §6: a REGISTER with a reg-id Contact and another Contact is refused
+    with 400, and nothing of it is bound."""
+    peer = await udp_peers()
+    both = f"{contact(peer.port, INSTANCE, 1)}, <sip:1001@127.0.0.1:{peer.port}>"
+    answer = await register_1001(peer, "two-with-reg-id", both)
+    response = parse_message(answer.raw)
+    assert isinstance(response, Response)
+    assert (response.status, response.reason) == (400, "Only One Contact With reg-id")
+    assert stored(pbx) == [] and pbx.registrar.location.lookup_user("1001") == []
+    # The same phone with its flow alone registers.
+    assert listed(await register_1001(peer, "one-with-reg-id", contact(peer.port, INSTANCE, 1)))

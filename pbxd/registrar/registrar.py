@@ -225,6 +225,10 @@ class Registrar:
         settings = self.settings
         requested: dict[str, _Requested] = {}
         too_brief = False
+        # RFC 5626 §6: a REGISTER that registers a flow (reg-id) carries that one
+        # Contact only; the registrar rejects one with more than one with 400.
+        if len(contacts) > 1 and any(contact.param("reg-id") is not None for contact in contacts):
+            raise Rejected(400, "Only One Contact With reg-id")
         for contact in contacts:
             uri = contact.sip_uri
             if uri is None:
