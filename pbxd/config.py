@@ -611,6 +611,7 @@ class GuardConfig:
     window: float = setting(60.0, seconds)
     ban_time: float = setting(300.0, seconds)
     trusted: tuple[str, ...] = setting((), list_of(network))
+    action: str = setting("reject", choice("reject", "drop"))
 
 
 @attrs.frozen

@@ -129,9 +129,19 @@ class PbxService(MultiService):
         # scanners after; the resource limits go to the tables' owners.
         self.security = SipFirewall(self.reactor, self.config)
         self.security.install(self.sip.transports, self.sip.core.layer, self.calls.manager)
+        if self.config.auth.guard.action == "drop":
+            # A registrar that fails to start is reported by its own service.
+            self.registrar.when_ready().addCallbacks(self._drop_banned_sources, lambda _: None)
         # HTTP last: it starts once what it drives exists, and stops first.
         self.http = HttpService(self, self.reactor, self.config_path, self.signals)
         return [self.store, self.sip, self.registrar, self.trunks, self.calls, self.http]
+
+    def _drop_banned_sources(self, registrar: RegistrarService) -> None:
+        """auth.guard.action drop: an address the guard bans is banned by the
+        firewall too, which drops what it sends before parsing (no 403 to learn from)."""
+        def ban(address: str, ban_time: float) -> None:
+            self.security.flood.ban(address, "failed authentications (auth.guard)", ban_time)
+        registrar.authenticator.guard.source_ban_listeners.append(ban)
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)

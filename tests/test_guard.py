@@ -38,6 +38,21 @@ def test_source_is_banned_after_max_failures_for_ban_time(clock: Clock) -> None:
     assert guard.bans_active == 0 and guard.bans_total == 1
 
 
+def test_a_source_ban_is_told_to_the_listeners_a_user_ban_is_not(clock: Clock) -> None:
+    guard = AuthGuard(clock, max_failures=2, ban_time=120, trusted=["192.0.2.0/24"])
+    told: list[tuple[str, float]] = []
+    guard.source_ban_listeners.append(lambda address, ban_time: told.append((address, ban_time)))
+    guard.record_failure("203.0.113.7", "a")
+    assert told == []
+    guard.record_failure("203.0.113.7", "b")
+    assert told == [("203.0.113.7", 120)]
+    guard.record_failure("203.0.113.7", "c")  # already banned: not told again
+    for n in range(2):
+        guard.record_failure("192.0.2.5", "victim")  # trusted source: only the user is banned
+    assert guard.is_blocked("198.51.100.1", "victim")
+    assert told == [("203.0.113.7", 120)]
+
+
 def test_user_is_banned_whatever_the_source(clock: Clock) -> None:
     guard = AuthGuard(clock, max_failures=3)
     for n in range(3):

@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert auth.failure_response == 403
     assert [b.type for b in auth.backends] == ["static"]
     assert (auth.guard.max_failures, auth.guard.window, auth.guard.ban_time,
-            auth.guard.trusted) == (5, 60.0, 300.0, ())
+            auth.guard.trusted, auth.guard.action) == (5, 60.0, 300.0, (), "reject")
     registrar = config.registrar
     assert (registrar.min_expires, registrar.max_expires, registrar.default_expires,
             registrar.max_contacts, registrar.qualify_interval) == (60, 3600, 3600, 10, 0.0)
@@ -120,6 +120,8 @@ def test_a_full_section_parses() -> None:
          "auth.guard.trusted[0]: must be an IP address or network, got '10.0.0.0/33'"),
         ({"auth": {"guard": {"max_failures": 0}}},
          "auth.guard.max_failures: must be 1-1000000, got 0"),
+        ({"auth": {"guard": {"action": "silence"}}},
+         "auth.guard.action: must be one of reject, drop, got 'silence'"),
         ({"registrar": {"max_expires": 30}},
          "registrar.max_expires: must be at least min_expires (60), got 30"),
         ({"registrar": {"default_expires": 7200}},

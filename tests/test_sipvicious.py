@@ -20,7 +20,9 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from call_support import eventually
 from pbxd.service import PbxService
+from sip_peer import options, udp_peer
 from sipp_runner import requires_sipp
 from test_registrar import pbx_config, port_of, sipp_register, start_pbx
 
@@ -98,3 +100,40 @@ async def test_svcrack_is_cut_off_and_the_phone_still_registers(pbx: PbxService,
     # Another extension's phone, from another address, is not locked out.
     await sipp_register(pbx, tmp_path, "udp", user="1002", password="secret-1002", local_ip="127.0.0.2")
     assert authenticator.counts["ok"] == 1
+
+
+@requires_sipp
+@pytest_twisted.ensureDeferred
+async def test_with_action_drop_a_banned_cracker_gets_no_answer_at_all(tmp_path: Path) -> None:
+    """``auth.guard.action: drop``: once the guard bans svcrack's address, the
+    firewall drops what it sends before parsing; it learns nothing, not even a 403."""
+    service = await start_pbx(pbx_config(
+        tmp_path / "data", auth={"guard": {**GUARD, "action": "drop"}},
+        security={"user_agent_blocklist": [], "trust_loopback": False}))
+    try:
+        words = tmp_path / "words.txt"
+        words.write_text("\n".join([*(f"guess-{n}" for n in range(20)), PASSWORD]) + "\n")
+        out = await sv("svcrack", "--maximumtime", "3", "-u", "1001", "-d", str(words),
+                       *target(service), limit=6)
+        assert PASSWORD not in out and "| 1001" not in out
+        authenticator = service.registrar.authenticator
+        assert authenticator.counts["failed"] == GUARD["max_failures"]
+        assert authenticator.counts["blocked"] == 0  # never reached the authenticator again
+        assert service.security.flood.banned("127.0.0.1")
+        assert service.security.counts["flood"] > 0
+
+        # A well-formed OPTIONS from the banned address: dropped, unanswered.
+        peer, port = await udp_peer(port_of(service, "udp"))
+        try:
+            dropped = service.security.counts["flood"]
+            peer.send(options(peer.port, "udp", "after-the-ban"))
+            await eventually(lambda: service.security.counts["flood"] > dropped)
+            assert peer.queue.pending == []
+        finally:
+            await port.stopListening()
+        # Another address registers as usual.
+        await sipp_register(service, tmp_path, "udp", user="1002", password="secret-1002",
+                            local_ip="127.0.0.2")
+        assert authenticator.counts["ok"] == 1
+    finally:
+        await service.stopService()

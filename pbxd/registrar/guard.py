@@ -3,7 +3,8 @@
 Failed attempts are counted per source address and per user name over a
 sliding window; reaching ``max_failures`` bans that address or user for
 ``ban_time`` seconds. The registrar asks :meth:`AuthGuard.is_blocked` before
-verifying credentials and answers 403 (or drops the request) while a ban lasts.
+verifying credentials and answers 403 while a ban lasts; with ``auth.guard.action:
+drop`` pbxd's firewall drops whatever a banned address sends instead (source_ban_listeners).
 
 Memory stays bounded under a flood from many addresses: counters and bans
 are kept in insertion order, expired ones are dropped from the front on every
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict, deque
-from typing import Iterable, Union
+from typing import Callable, Iterable, Union
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -74,6 +75,9 @@ class AuthGuard:
         self._sources: dict[str, str | None] = {}
         self.failures_total = 0
         self.bans_total = 0
+        # Called with (the source address, ban_time) when a source address is
+        # banned: pbxd's firewall drops what it sends when auth.guard.action is drop.
+        self.source_ban_listeners: list[Callable[[str, float], None]] = []
 
     # -- metrics ------------------------------------------------------------
 
@@ -109,6 +113,9 @@ class AuthGuard:
             times.append(now)
             if len(times) >= self.max_failures:
                 self._ban(key, now, len(times))
+                if key[0] == "ip":
+                    for listener in self.source_ban_listeners:
+                        listener(ip, self.ban_time)
             else:
                 self._failures[key] = times  # re-inserted last: the freshest
         while len(self._failures) > self.max_entries:

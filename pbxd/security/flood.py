@@ -56,7 +56,9 @@ class FloodGuard:
         self._clock = clock
         self.limits = limits
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-        self._bans: OrderedDict[str, float] = OrderedDict()  # address -> end, in order of start
+        # address -> end, in order of start; bans of other lengths (the auth guard's) may end
+        # out of order, and wait behind a longer one to be purged (admit checks the end).
+        self._bans: OrderedDict[str, float] = OrderedDict()
         self.bans_total = 0
         self.dropped_total = 0  # requests refused by a ban, the banning one included
 
@@ -75,14 +77,16 @@ class FloodGuard:
         until = self._bans.get(address)
         return until is not None and until > self._clock.seconds()
 
-    def ban(self, address: str, why: str) -> None:
-        """Ban ``address`` for ``ban_time`` now (a blocked User-Agent, an exhausted bucket)."""
+    def ban(self, address: str, why: str, ban_time: float | None = None) -> None:
+        """Ban ``address`` now for ``ban_time`` seconds, by default the flood
+        setting's (a blocked User-Agent, an exhausted bucket, the auth guard)."""
         now = self._clock.seconds()
+        ban_time = self.limits.ban_time if ban_time is None else ban_time
         self._bans.pop(address, None)
-        self._bans[address] = now + self.limits.ban_time
+        self._bans[address] = now + ban_time
         self._buckets.pop(address, None)
         self.bans_total += 1
-        log.warn("banning {source} for {ban_time}s: {why}", source=address, ban_time=self.limits.ban_time,
+        log.warn("banning {source} for {ban_time}s: {why}", source=address, ban_time=ban_time,
                  why=why, source_ip=address)
         while len(self._bans) > self.limits.max_tracked:
             self._bans.popitem(last=False)
