@@ -543,14 +543,15 @@ def leftovers(pbx: PbxService) -> dict[str, int]:
         "legs": len(manager.legs),
         "dialogs": len(manager.dialogs),
         "transactions": len(pbx.sip.core.layer.transactions),
+        "transaction timers": len(pbx.sip.core.layer.wheel),
     }
 
 
 async def drained(pbx: PbxService, timeout: float = 10.0) -> None:
-    """Wait until no call, leg, dialog or transaction is left (bounded)."""
+    """Wait until no call, leg, dialog, transaction or transaction timer is left (bounded)."""
 
     def empty() -> bool:
-        """no call, leg, dialog or transaction left"""
+        """no call, leg, dialog, transaction or transaction timer left"""
         return not any(leftovers(pbx).values())
 
     try:
