@@ -113,6 +113,12 @@ async def test_an_ended_call_is_not_kept_alive_by_its_legs_transactions(pbx: Pbx
     assert len(pbx.sip.core.layer.transactions) > 0
     # ... and every leg has let go of the call, which is gone.
     assert legs and all(leg.is_ended and leg.call is None for leg in legs)
-    gc.collect()
-    assert call() is None
+
+    def released() -> bool:
+        gc.collect()
+        return call() is None
+    # Eventually: on a loaded machine the end of a call still has work queued for a
+    # moment (seen once in a run beside another suite); the legs' transactions stay 3.2 s.
+    await eventually(released, timeout=3.0)
+    assert len(pbx.sip.core.layer.transactions) > 0
     await drained(pbx)
