@@ -88,6 +88,18 @@ async def test_a_forked_call_leaves_no_early_dialog_of_the_losing_leg(pbx: PbxSe
     assert_maps_empty(pbx)
 
 
+def holders(obj: object, depth: int = 3) -> list[str]:
+    """What refers to ``obj``, a few levels up: the failure message of a leak."""
+    found: list[str] = []
+    level = [obj]
+    for _ in range(depth):
+        above = [r for o in level for r in gc.get_referrers(o)
+                 if r is not level and type(r).__name__ != "frame"][:8]
+        found.extend(f"{type(r).__name__}: {repr(r)[:160]}" for r in above)
+        level = above
+    return found
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_ended_call_is_not_kept_alive_by_its_legs_transactions(pbx: PbxService, tmp_path: Path) -> None:
     answering = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=WAIT_FOR_BYE)
@@ -119,6 +131,9 @@ async def test_an_ended_call_is_not_kept_alive_by_its_legs_transactions(pbx: Pbx
         return call() is None
     # Eventually: on a loaded machine the end of a call still has work queued for a
     # moment (seen once in a run beside another suite); the legs' transactions stay 3.2 s.
-    await eventually(released, timeout=3.0)
+    try:
+        await eventually(released, timeout=3.0)
+    except AssertionError:
+        raise AssertionError(f"the ended call is still referred to by {holders(call())}") from None
     assert len(pbx.sip.core.layer.transactions) > 0
     await drained(pbx)
