@@ -633,11 +633,8 @@ def agent_sdp(codec: str = "0 PCMU/8000") -> str:
             f"m=audio 40000 RTP/AVP {number}\r\na=rtpmap:{number} {name}\r\n")
 
 
-@requires_sipp
-@pytest.mark.sipp
-@pytest_twisted.ensureDeferred
-async def test_accept_answers_a_ringing_call_with_an_outside_sdp(console, tmp_path: Path) -> None:
-    pbx = console.service
+def relay_every_call(pbx: Any) -> None:
+    """Relay the media of every call of ``pbx`` (media_proxy always), whatever its route says."""
     relayed = relay_media_factory(reactor, pbx.config.rtp, pbx.config.data_dir)
 
     def always_relay(request: MediaRequest) -> Any:
@@ -645,6 +642,14 @@ async def test_accept_answers_a_ringing_call_with_an_outside_sdp(console, tmp_pa
         return relayed(request)
 
     pbx.calls.manager.media_factory = always_relay
+
+
+@requires_sipp
+@pytest.mark.sipp
+@pytest_twisted.ensureDeferred
+async def test_accept_answers_a_ringing_call_with_an_outside_sdp(console, tmp_path: Path) -> None:
+    pbx = console.service
+    relay_every_call(pbx)
     # The phone rings and never answers: it takes pbxd's CANCEL.
     callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_ring.xml")
     caller_done = defer.Deferred.fromCoroutine(
@@ -690,13 +695,7 @@ async def test_accept_answers_a_ringing_call_with_an_outside_sdp(console, tmp_pa
 @pytest_twisted.ensureDeferred
 async def test_media_commands_on_a_relayed_call(console, tmp_path: Path) -> None:
     pbx = console.service
-    relayed = relay_media_factory(reactor, pbx.config.rtp, pbx.config.data_dir)
-
-    def always_relay(request: MediaRequest) -> Any:
-        request.media_proxy = "always"
-        return relayed(request)
-
-    pbx.calls.manager.media_factory = always_relay
+    relay_every_call(pbx)
     callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=WAIT_FOR_BYE)
     caller_done = defer.Deferred.fromCoroutine(
         caller(pbx, tmp_path, "1001", "1002", "udp", CALLER_WAITS_FOR_BYE))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 
 from call_support import (
     CALLEE_HANGS_UP,
@@ -26,11 +26,9 @@ from call_support import (
     eventually,
 )
 from media_support import phones  # noqa: F401  (the fixture)
-from pbxd.call.media import MediaRequest
-from pbxd.media.session import relay_media_factory
 from sipp_runner import requires_sipp
 from tests.management_support import READ_TOKEN, bearer, samples
-from tests.test_console import call, console  # noqa: F401  (the fixture)
+from tests.test_console import call, console, relay_every_call  # noqa: F401  (the fixture)
 
 pytestmark = [requires_sipp, pytest.mark.sipp]
 
@@ -91,13 +89,7 @@ async def test_a_muted_track_is_heard_as_silence(console, tmp_path: Path, phones
     With the callee's track muted from the console, what the callee says reaches the caller
     as µ-law silence (0xFF), same sequence numbers and timestamps; the caller is still heard."""
     pbx = console.service
-    relayed = relay_media_factory(reactor, pbx.config.rtp, pbx.config.data_dir)
-
-    def always_relay(request: MediaRequest) -> Any:
-        request.media_proxy = "always"
-        return relayed(request)
-
-    pbx.calls.manager.media_factory = always_relay
+    relay_every_call(pbx)
     callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=WAIT_FOR_BYE)
     caller_done = defer.Deferred.fromCoroutine(
         caller(pbx, tmp_path, "1001", "1002", "udp", CALLER_WAITS_FOR_BYE))
