@@ -587,6 +587,40 @@ async def test_hold_unhold_hangup_and_transfer_from_code(pbx: PbxService, tmp_pa
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_hold_asked_before_the_callers_ack_goes_out_when_the_ack_comes(pbx: PbxService,
+                                                                               tmp_path: Path) -> None:
+    """§14.1: while the caller's 2xx waits for its ACK, pbxd's hold re-INVITE waits too,
+    and goes out as soon as the ACK comes, not after a glare back-off of seconds: nothing
+    refused it. The caller hangs up 1.5 s after its ACK; the callee has been held by then."""
+    callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml",
+                               hangup=CALLEE_TAKES_REINVITE + WAIT_FOR_BYE)
+    manager = pbx.calls.manager
+    awaiting_ack = []
+
+    def hold_when_answered(event) -> None:  # type: ignore[no-untyped-def]
+        if event.type == "answered":
+            call = manager.calls[event.call_id]
+            awaiting_ack.append(call.inbound.awaiting_ack)
+            call.hold()
+
+    subscription = manager.events.subscribe(hold_when_answered, ["call"])
+    try:
+        result = await caller(pbx, tmp_path, "1001", "1002", "udp",
+                              ANSWERED + '<pause milliseconds="1500"/>' + caller_bye(3))
+    finally:
+        subscription.cancel()
+    assert awaiting_ack == [True]  # the hold was asked for inside the window
+    assert result.ok, result.explain()
+    done = await callee_done
+    assert callee_ok(done), done.explain()
+    held = done.messages.split("CSeq: 2 INVITE", 1)
+    assert len(held) == 2 and "a=sendonly" in held[1].split("-" * 20)[0], done.messages[-3000:]
+    [cdr] = await cdrs(pbx)
+    assert (cdr.hangup_cause, cdr.hangup_side) == ("normal_clearing", "caller")
+    await drained(pbx)
+
+
+@pytest_twisted.ensureDeferred
 async def test_max_duration_hangs_up_both_sides(make_pbx, tmp_path: Path) -> None:
     pbx = await make_pbx(calls={"max_duration": 1.0})
     callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=WAIT_FOR_BYE)

@@ -55,8 +55,12 @@ async def test_api_hold_then_a_phone_reinvite_never_reuses_a_version(tmp_path: P
         [call] = await eventually(lambda: [c for c in manager.calls.values() if c.state.value == "answered"])
         callee_leg = call.b
         call.hold()
-        await eventually(lambda: b"a=recvonly" not in (callee_leg.local_sdp or b"")
+        await eventually(lambda: call.state.value == "ended" or b"a=recvonly" not in (callee_leg.local_sdp or b"")
                          and b"a=sendonly" in (callee_leg.local_sdp or b"") and not callee_leg.sending_invite)
+        if call.state.value == "ended":  # the phones say why
+            ends = [await calling, await callee_done]
+            raise AssertionError(f"the call ended on hold: {call.cause} ({call.side})\n"
+                                 + "\n".join(end.explain() for end in ends))
         call.unhold()
         await eventually(lambda: b"a=sendrecv" in (callee_leg.local_sdp or b"") and not callee_leg.sending_invite)
         result = await calling

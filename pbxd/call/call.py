@@ -193,6 +193,8 @@ class Call:
         self._timers = manager.new_timers()
         self._rng = manager.rng
         self._transfer: Transfer | None = None
+        # pbxd's own hold/resume re-INVITEs waiting for their legs to be free, in order.
+        self._queued_redirects: list[tuple[Leg, SdpDirection]] = []
         self.ended_callbacks: list[Callable[[Call], None]] = []
 
     def __repr__(self) -> str:
@@ -703,17 +705,20 @@ class Call:
         leg = leg or self.b
         if leg is None or not leg.is_confirmed or leg.local_sdp is None:
             raise CallError("the call has no answered leg to re-INVITE")
-        # The media session owns the o= towards each leg (one version counter, RFC 3264 §8).
-        sdp = self.media.own_offer(leg, with_direction(parse_sdp(leg.local_sdp), direction).to_bytes())
-        self._own_reinvite(leg, sdp)
+        self._send_redirect(leg, direction)
 
-    def _own_reinvite(self, leg: Leg, sdp: bytes) -> None:
+    def _send_redirect(self, leg: Leg, direction: SdpDirection) -> None:
         if leg.is_ended:
             return
         if self._busy(leg):
-            self._timers.start(f"reinvite-{leg.id}", glare_delay(leg.direction is Direction.OUTBOUND, self._rng),
-                               lambda: self._own_reinvite(leg, sdp))
+            # §14.1: one INVITE at a time on a dialog (and, as a B2BUA, on its peer's, where a
+            # relayed offer would go). Nothing refused ours, so it is no glare: it goes as
+            # soon as an answer or an ACK frees the legs (legs_settled), not seconds later.
+            self._queued_redirects.append((leg, direction))
             return
+        # Built when it is sent, on the leg's description of that moment: the media session
+        # owns the o= towards each leg (one version counter, RFC 3264 §8).
+        sdp = self.media.own_offer(leg, with_direction(parse_sdp(leg.local_sdp or b""), direction).to_bytes())
 
         def done(response: Response | None, reason: str | None) -> None:
             if response is None or response.status in (408, 481):
@@ -722,12 +727,21 @@ class Call:
                 # §14.1: retry after a random delay; 2.1-4 s when we own the dialog's Call-ID.
                 self._timers.start(f"reinvite-{leg.id}",
                                    glare_delay(leg.direction is Direction.OUTBOUND, self._rng),
-                                   lambda: self._own_reinvite(leg, sdp))
+                                   lambda: self._send_redirect(leg, direction))
             elif 200 <= response.status < 300:
                 leg.ack_reinvite(response)
                 self._timer_refreshed(leg, response)
 
         leg.send_request("INVITE", done, body=sdp)
+
+    def legs_settled(self) -> None:
+        """An INVITE on one of the legs got its answer, or a 2xx its ACK: send the
+        re-INVITEs that waited for that, in the order they were asked for."""
+        if not self._queued_redirects or self.state is not CallState.ANSWERED:
+            return
+        queued, self._queued_redirects = self._queued_redirects, []
+        for leg, direction in queued:
+            self._send_redirect(leg, direction)
 
     def _digit(self, leg: Leg, digit: DtmfDigit, source: str) -> None:
         """``leg``'s phone sent a DTMF digit (from its RTP or an INFO): tell the event bus."""

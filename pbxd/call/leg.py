@@ -547,6 +547,12 @@ class Leg:
             if method == "INVITE":
                 self.sending_invite = False
 
+        def settled() -> None:
+            # Once the call has done what this answer asks, its legs may be free for a
+            # re-INVITE that waited (Call.legs_settled).
+            if method == "INVITE" and self.call is not None:
+                self.call.legs_settled()
+
         def responded(response: Response) -> None:
             if response.status < 200:
                 return
@@ -562,11 +568,13 @@ class Leg:
                 self.remote_sdp = response.body
             if on_final is not None:
                 on_final(response, None)
+            settled()
 
         def failed(reason: str) -> None:
             finished()
             if on_final is not None:
                 on_final(None, reason)
+            settled()
 
         holder.append(self.manager.core.layer.send_request(request, self.target, responded, failed))
         return request

@@ -302,6 +302,7 @@ class CallManager:
             return
         if leg.ack_received(ack) and leg.call is not None:
             leg.call.leg_ack(leg, ack)
+            leg.call.legs_settled()
 
     def _in_dialog(self, txn: ServerTransaction, request: Request) -> None:
         dialog = self.dialogs.match_request(request)
