@@ -310,21 +310,8 @@ class SipTransports:
                 response.set("To", str(to.with_param("tag", new_tag())))
         if via_usable:
             self.send_response(response, source)
-        else:
-            self._send_to_source(response, source)
-
-    def _send_to_source(self, response: Response, source: Target) -> None:
-        """Send a response back exactly where its request came from: the same
-        connection, or the source address and port from the receiving socket."""
-        data = response.to_bytes()
-        if self.capture is not None:
-            self.capture("out", response, source, data)
-        connection = self._open_connection(source) if source.reliable else None
-        if connection is not None:
-            self.counters.messages_out += 1
-            connection.send(data)
-        elif not source.reliable:
-            self._send_bytes(data, source)
+        else:  # exactly where it came from: its connection, or its datagram's source
+            self._send_back(response, source, None if source.reliable else source)
 
     # -- sending -------------------------------------------------------------
 
@@ -366,6 +353,11 @@ class SipTransports:
         except SipParseError:
             log.error("cannot route {response!r}: no Via", response=response)
             return
+        self._send_back(response, source, response_target(via, source))
+
+    def _send_back(self, response: Response, source: Target, fallback: Target | None) -> None:
+        """Send ``response`` over the connection its request came on while that is
+        open, else to ``fallback`` (None: nowhere else)."""
         data = response.to_bytes()
         if self.capture is not None:
             self.capture("out", response, source, data)
@@ -375,9 +367,10 @@ class SipTransports:
                 self.counters.messages_out += 1
                 connection.send(data)
                 return
-        # A failure to reach the fallback address is a failure for the
-        # transaction keyed by the request's source too (§17.2.4).
-        self._send_bytes(data, response_target(via, source), report_as=source)
+        if fallback is not None:
+            # A failure to reach the fallback address is a failure for the
+            # transaction keyed by the request's source too (§17.2.4).
+            self._send_bytes(data, fallback, report_as=source)
 
     def _may_move_to_tcp(self, target: Target) -> bool:
         transports = {listener.transport for listener in self.listeners}
