@@ -451,7 +451,7 @@ class CallManager:
         except BaseException:
             plan.release()
             raise
-        self._act(txn, request, caller, called, facts, decision, plan, admission.started)
+        self._act(txn, request, caller, called, facts, decision, plan, admission)
 
     def _refuse(self, txn: ServerTransaction, refusal: TrunkRefusal, admission: Admission) -> None:
         retry = {} if refusal.retry_after is None else {"Retry_After": str(refusal.retry_after)}
@@ -551,19 +551,14 @@ class CallManager:
         call.replace(old, inbound)
 
     def _act(self, txn: ServerTransaction, request: Request, caller: str, called: str,
-             facts: CallFacts, decision: RouteDecision, plan: TrunkPlan, started: float) -> None:
+             facts: CallFacts, decision: RouteDecision, plan: TrunkPlan, admission: Admission) -> None:
         if decision.action != "forward":
             plan.release()
             status = 404 if decision.action == "not_handled" else decision.status or 403
             log.info("call {call_id}: {action} by {source}", call_id=facts.call_id, action=decision.action,
                      source=decision.source)
             self.core.reply(txn, status, decision.reason)
-            cause = "spam" if decision.action == "spam" else outcome.cause_for_status(status)
-            self._store_cdr(facts.call_id, outcome.CallRecord(
-                call_id=facts.call_id, from_number=caller, to_number=called, direction=facts.direction,
-                start_time=started, end_time=self.clock.seconds(), answer_time=None, status=status, cause=cause,
-                side="system",
-                trunk=plan.trunk))
+            self._record_unconnected(admission, status, "spam" if decision.action == "spam" else None, "system")
             return
         steps = self.ring_steps(decision, plan)
         inbound = Leg.inbound(self, txn)
@@ -576,7 +571,8 @@ class CallManager:
             self, inbound, from_number=caller, to_number=decision.called or called,
             direction=facts.direction,
             media=self.media_factory(MediaRequest.for_decision(facts.call_id, decision, facts.source.host)),
-            limits=limits, timer_policy=self.settings.timer_policy(), trunk=plan.trunk, start_time=started,
+            limits=limits, timer_policy=self.settings.timer_policy(), trunk=plan.trunk,
+            start_time=admission.started,
         )
         call.ended_callbacks.append(lambda _: plan.release())
         self.calls[call.id] = call
