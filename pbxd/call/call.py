@@ -46,7 +46,13 @@ from pbxd.sip.headers import Address
 from pbxd.sip.message import Request, Response
 from pbxd.sip.refer import parse_refer, refer_notify
 from pbxd.sip.sdp import Direction as SdpDirection
-from pbxd.sip.sdp import SessionDescription, common_codecs, parse_sdp, with_direction
+from pbxd.sip.sdp import (
+    SessionDescription,
+    common_codecs,
+    parse_sdp,
+    rejecting_answer,
+    with_direction,
+)
 from pbxd.sip.session_timer import (
     IntervalTooSmall,
     Negotiated,
@@ -590,8 +596,6 @@ class Call:
             if body is None:
                 # No codec in common (RFC 3264 §6). The offer in the callee's 2xx still gets an
                 # answer in the ACK (RFC 3261 §13.2.2.4), one refusing every stream; then BYE.
-                from pbxd.call.originate import rejecting_answer  # originate imports this module
-
                 self.b.ack(rejecting_answer(self.b.remote_sdp or b""))
                 self.hangup(outcome.cause_for_status(488), "system")
                 return

@@ -37,7 +37,7 @@ from pbxd.registrar.auth import AuthenticatedUser
 from pbxd.sip.errors import SipParseError
 from pbxd.sip.headers import Address
 from pbxd.sip.message import Request, Response
-from pbxd.sip.sdp import SDP_CONTENT_TYPE, SdpError, parse_sdp, rewrite_media
+from pbxd.sip.sdp import SDP_CONTENT_TYPE, rejecting_answer
 from pbxd.sip.uri import SipURI, parse_uri
 
 if TYPE_CHECKING:
@@ -58,15 +58,6 @@ class OriginateError(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
-
-
-def rejecting_answer(offer: bytes) -> bytes:
-    """An answer to ``offer`` that rejects each of its streams (port 0), or b"" if it cannot be read."""
-    try:
-        sdp = parse_sdp(offer)
-        return rewrite_media(sdp, "0.0.0.0", [0] * len(sdp.media)).to_bytes()
-    except (SdpError, ValueError):
-        return b""
 
 
 def dialled_address(dialled: str, domain: str) -> Address:

@@ -641,6 +641,15 @@ def rewrite_media(sdp: SessionDescription, address: str, ports: Sequence[int]) -
     return SessionDescription(session, tuple(media))
 
 
+def rejecting_answer(offer: bytes) -> bytes:
+    """An answer to ``offer`` that rejects each of its streams (port 0), or b"" if it cannot be read."""
+    try:
+        sdp = parse_sdp(offer)
+        return rewrite_media(sdp, "0.0.0.0", [0] * len(sdp.media)).to_bytes()
+    except (SdpError, ValueError):
+        return b""
+
+
 def strip_ice(sdp: SessionDescription) -> SessionDescription:
     """The description without ICE attributes (RFC 8839), for media pbxd relays itself."""
     media = tuple(attrs.evolve(m, lines=_replace_lines(m.lines, _is_ice, [])) for m in sdp.media)
