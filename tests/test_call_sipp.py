@@ -46,6 +46,7 @@ from call_support import (
     refer,
     reinvite,
     reinvite_refused,
+    sip_messages,
     start_pbx,
 )
 from pbxd.call.call import CallError
@@ -277,6 +278,40 @@ async def test_a_dead_session_is_ended_by_its_session_timer(pbx: PbxService, tmp
         assert phone.exit_code in (0, STOPPED_BY_SCENARIO), phone.explain()
     [cdr] = await cdrs(pbx)
     assert (cdr.disposition, cdr.hangup_cause, cdr.hangup_side) == ("answered", "session_timer_expired", "system")
+    pbx.calls.manager.clock = reactor
+    await drained(pbx)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_refresh_due_during_a_hold_goes_out_when_the_hold_is_answered(
+        pbx: PbxService, tmp_path: Path) -> None:
+    """RFC 4028 with pbxd as the refresher (refresher=uas towards the caller): the refresh
+    falls due while pbxd's hold re-INVITE to the callee is unanswered, so it waits
+    (§14.1, one INVITE at a time), and goes out once the callee has answered the hold,
+    without the session clock moving again. The call layer's clock is a task.Clock."""
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    pbx.calls.manager.clock = clock
+    slow_hold = CALLEE_TAKES_REINVITE.replace('<recv request="INVITE"/>',
+                                              '<recv request="INVITE"/>\n  <pause milliseconds="1000"/>')
+    callee_done = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=slow_hold + WAIT_FOR_BYE)
+    calling = defer.Deferred.fromCoroutine(caller(
+        pbx, tmp_path, "1001", "1002", "udp", ANSWERED + CALLEE_TAKES_REINVITE + caller_bye(3),
+        headers="Supported: timer\r\n      Session-Expires: 90;refresher=uas"))
+    manager = pbx.calls.manager
+    [call] = await eventually(lambda: [c for c in manager.calls.values()
+                                       if c.state.value == "answered" and not c.inbound.awaiting_ack])
+    call.hold()
+    assert call.b.sending_invite
+    clock.advance(46)  # the refresh was due at 45 s, half the interval
+    assert not call.inbound.sending_invite  # it waits for the hold
+    result = await calling  # took the refresh, then hung up
+    assert result.ok, result.explain()
+    assert callee_ok(await callee_done)
+    refresh = sip_messages(result, "received", "INVITE ")
+    assert len(refresh) == 1 and "Session-Expires: 90;refresher=uac" in refresh[0], refresh
+    [cdr] = await cdrs(pbx)
+    assert (cdr.hangup_cause, cdr.hangup_side) == ("normal_clearing", "caller")
     pbx.calls.manager.clock = reactor
     await drained(pbx)
 

@@ -199,8 +199,9 @@ class Call:
         self._timers = manager.new_timers()
         self._rng = manager.rng
         self._transfer: Transfer | None = None
-        # pbxd's own hold/resume re-INVITEs waiting for their legs to be free, in order.
-        self._queued_redirects: list[tuple[Leg, SdpDirection]] = []
+        # pbxd's own re-INVITEs (hold, resume, session refresh) waiting for the legs
+        # to be free, in order (legs_settled).
+        self._when_settled: list[Callable[[], None]] = []
         self.ended_callbacks: list[Callable[[Call], None]] = []
 
     def __repr__(self) -> str:
@@ -679,7 +680,7 @@ class Call:
         if timer is None or self.state is not CallState.ANSWERED:
             return
         if self._busy(leg):
-            self.manager.clock.callLater(1.0, self._refresh, leg)
+            self._when_settled.append(lambda: self._refresh(leg))
             return
         assert self.timer_policy is not None
         headers = request_headers(int(timer.interval), self.timer_policy.min_se)
@@ -718,7 +719,7 @@ class Call:
             # §14.1: one INVITE at a time on a dialog (and, as a B2BUA, on its peer's, where a
             # relayed offer would go). Nothing refused ours, so it is no glare: it goes as
             # soon as an answer or an ACK frees the legs (legs_settled), not seconds later.
-            self._queued_redirects.append((leg, direction))
+            self._when_settled.append(lambda: self._send_redirect(leg, direction))
             return
         # Built when it is sent, on the leg's description of that moment: the media session
         # owns the o= towards each leg (one version counter, RFC 3264 §8).
@@ -740,12 +741,13 @@ class Call:
 
     def legs_settled(self) -> None:
         """An INVITE on one of the legs got its answer, or a 2xx its ACK: send the
-        re-INVITEs that waited for that, in the order they were asked for."""
-        if not self._queued_redirects or self.state is not CallState.ANSWERED:
+        re-INVITEs that waited for that, in the order they were asked for (each
+        waits again if the one before made its legs busy)."""
+        if not self._when_settled or self.state is not CallState.ANSWERED:
             return
-        queued, self._queued_redirects = self._queued_redirects, []
-        for leg, direction in queued:
-            self._send_redirect(leg, direction)
+        waiting, self._when_settled = self._when_settled, []
+        for send in waiting:
+            send()
 
     def _digit(self, leg: Leg, digit: DtmfDigit, source: str) -> None:
         """``leg``'s phone sent a DTMF digit (from its RTP or an INFO): tell the event bus."""
@@ -800,6 +802,7 @@ class Call:
         self.state = CallState.ENDED
         self.end_time = self.manager.clock.seconds()
         self._timers.stop_all()
+        self._when_settled.clear()
         for timer in self._session_timers.values():
             timer.stop()
         self._session_timers.clear()
