@@ -263,15 +263,10 @@ class RelayMedia:
         to (a phone that registered from behind a NAT). Anything unknown counts as
         NATed: relaying is the side that always works.
         """
-        call = getattr(leg, "call", None)
+        sources = self._writer_sources(leg)
         if _is_callers(leg):  # a late offer: the callee's, in its 2xx
-            sources = {_host(fork.target.host) for fork in getattr(call, "ringing", ())}
             answerer_contact = _contact_host(getattr(leg, "invite", None))
         else:
-            caller_host = self.request.source_host
-            if caller_host is None and call is not None:
-                caller_host = call.inbound.target.host
-            sources = {_host(caller_host)} if caller_host else set()
             invite = getattr(leg, "invite", None)
             answerer_contact = _uri_host(invite.uri) if invite is not None else None
         connection = connection_of(sdp, sdp.media[audio])
@@ -280,6 +275,18 @@ class RelayMedia:
         if answerer_contact is None or not is_ip_address(answerer_contact):
             return answerer_contact is None  # a name is a server's, not a NATed phone's
         return answerer_contact != _host(leg.target.host)
+
+    def _writer_sources(self, leg: Leg) -> set[str]:
+        """The addresses the SIP of whoever wrote a body now going to ``leg`` may come from:
+        the ringing forks for the caller (an answer, or a late offer in a 2xx), else the
+        caller (``MediaRequest.source_host``, or its leg's address); empty when unknown."""
+        call = getattr(leg, "call", None)
+        if _is_callers(leg):
+            return {_host(fork.target.host) for fork in getattr(call, "ringing", ())}
+        caller_host = self.request.source_host
+        if caller_host is None and call is not None:
+            caller_host = call.inbound.target.host
+        return {_host(caller_host)} if caller_host else set()
 
     def _check_direct_answer(self, leg: Leg, body: bytes) -> None:
         """``nat`` mode left media direct: say so when the answer shows a NATed answerer after all.
@@ -293,11 +300,7 @@ class RelayMedia:
             return
         audio = next((m for m in sdp.media if m.kind == "audio" and not m.is_rejected), None)
         connection = connection_of(sdp, audio) if audio is not None else None
-        call = getattr(leg, "call", None)
-        if _is_callers(leg):  # the answer to the caller: from one of the ringing forks
-            sources = {_host(fork.target.host) for fork in getattr(call, "ringing", ())}
-        else:  # a late offer's answer, in the caller's ACK
-            sources = {_host(self.request.source_host)} if self.request.source_host else set()
+        sources = self._writer_sources(leg)
         if connection is not None and sources and _host(connection.host) not in sources:
             self.natted_answerer = True
             log.warn("call {call_id}: media_proxy nat left media direct, but the answer's address {address} is not "
