@@ -27,7 +27,7 @@ from twisted.internet import defer
 
 from call_support import (
     CALLER_HANGS_UP, CALLER_WAITS_FOR_BYE, WAIT_FOR_BYE, callee, callee_ok, caller, cdrs, drained, eventually,
-    final_and_ack, pbx_config, phone_dir, port_of, start_pbx,
+    final_and_ack, pbx_config, phone_dir, port_of, sip_messages, start_pbx,
 )
 from pbxd.service import PbxService
 from pbxd.trunks.registration import REGISTERED
@@ -272,7 +272,7 @@ async def test_inbound_did_call_reaches_the_extension_without_a_challenge(tmp_pa
         result = await run_sipp(carrier_call(tmp_path, "carrier", CARRIER_HANGS_UP), "127.0.0.1",
                                 port_of(pbx, "udp"), keys={"callee": DID})
         assert result.ok, result.explain()
-        assert "407" not in result.messages
+        assert not sip_messages(result, "received", "SIP/2.0 407 "), result.explain()  # not challenged
         answered = await phone
         assert callee_ok(answered), answered.explain()
         [invite] = received(answered, "INVITE sip:1002@")
@@ -461,11 +461,12 @@ async def test_inbound_call_to_the_registered_contact_is_known_by_its_line(tmp_p
         stranger = await run_sipp(to_registered_contact(carrier_call(tmp_path, "stranger", carrier_refused(407)), wrong),
                                   "127.0.0.1", pbx_port, keys={"callee": DID}, local_ip="127.0.0.2")
         assert stranger.ok, stranger.explain()
+        assert sip_messages(stranger, "received", "SIP/2.0 407 "), stranger.explain()
         phone = await callee(pbx, tmp_path, "1002", "udp", "uas_answer.xml", hangup=WAIT_FOR_BYE)
         result = await run_sipp(to_registered_contact(carrier_call(tmp_path, "carrier", CARRIER_HANGS_UP), contact),
                                 "127.0.0.1", pbx_port, keys={"callee": DID}, local_ip="127.0.0.2")
         assert result.ok, result.explain()
-        assert "407" not in result.messages
+        assert not sip_messages(result, "received", "SIP/2.0 407 "), result.explain()  # not challenged
         answered = await phone
         assert callee_ok(answered), answered.explain()
         [invite] = received(answered, "INVITE sip:1002@")
